@@ -1,0 +1,1 @@
+"""Triton kernels for flow-policy RL, installed as `pirl.kernels`."""

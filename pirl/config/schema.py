@@ -1,0 +1,184 @@
+"""Typed schema of a pirl experiment. Key names and meanings follow the seed documents
+(the reference system's YAML), so their snippets are valid pirl config.
+
+Every field has a one-line doc comment; `--dry-run` prints the resolved config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class ClusterConfig:
+    num_nodes: int = 1  # hosts in the job
+    num_gpus_per_node: int = 2  # devices (GPUs, or CPU processes) per host
+    # component -> ranks: "all", "0-3", "0,2,4", "0-1,6-7". Keys may join components
+    # with commas ("env,rollout,actor: all"). Every rank named must be < world size.
+    component_placement: dict = field(default_factory=lambda: {"env,rollout,actor": "all"})
+
+
+@dataclass
+class LoggerConfig:
+    log_path: str = "results"  # root of logs, TensorBoard events, checkpoints, videos
+    project_name: str = "pirl"
+    experiment_name: str = "default"
+    logger_backends: list = field(default_factory=lambda: ["tensorboard"])  # tensorboard, wandb, swanlab
+    wandb_mode: str = "auto"  # auto (offline without network), online, offline, disabled
+    log_all_ranks: bool = False  # print logs from every rank, not only rank 0
+
+
+@dataclass
+class RunnerConfig:
+    task_type: str = "embodied"
+    max_epochs: int = 100  # training iterations (rollout + update)
+    max_steps: int = -1  # optimizer steps cap; -1 = no cap
+    val_check_interval: int = 10  # eval every N iterations; <=0 disables periodic eval
+    save_interval: int = 50  # checkpoint every N iterations; <=0 disables
+    keep_last_n: int = 3  # checkpoints kept; older are deleted after a successful save
+    resume_dir: Optional[str] = None  # null, "auto" (latest under log_path), or a checkpoint dir
+    seed: int = 1234
+    eval_before_train: bool = True  # evaluate the initial policy (success "before")
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_type: str = "gae"  # gae (PPO) | grpo
+    loss_type: str = "actor_critic"  # actor_critic (PPO with value head) | actor (GRPO)
+    reward_type: str = "chunk_level"  # rewards summed over a chunk: one RL step = one chunk
+    logprob_type: str = "chunk_level"  # chunk_level | action_level | token_level (pirl.flow.chain)
+    rollout_epoch: int = 1  # rollouts of every env per iteration
+    update_epoch: int = 1  # passes over the rollout data per iteration
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    normalize_advantages: bool = True  # over valid entries
+    group_size: int = 1  # GRPO: consecutive envs that share an initial state
+    filter_rewards: bool = False  # GRPO: drop groups whose mean success is outside [low, high]
+    rewards_lower_bound: float = 0.1
+    rewards_upper_bound: float = 0.9
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.28
+    clip_ratio_c: Optional[float] = None  # dual-clip constant (> 1), None disables
+    value_clip: Optional[float] = 0.2  # clip of value updates around the old value; None disables
+    value_loss_type: str = "huber"  # huber | mse
+    huber_delta: float = 10.0
+    value_loss_coef: float = 1.0
+    entropy_bonus: float = 0.0  # flow-sde: 0.0; flow-noise: 0.005 (seeds)
+    max_grad_norm: Optional[float] = None  # alias of actor.optim.clip_grad when set
+
+
+@dataclass
+class VideoConfig:
+    save_video: bool = False
+    info_on_video: bool = True  # draw step, reward, success and instruction on frames
+    video_base_dir: str = "${runner.logger.log_path}/video/train"
+    fps: int = 10
+
+
+@dataclass
+class EnvSplitConfig:
+    simulator_type: str = "reach2d"  # reach2d | maniskill | libero | metaworld
+    task: Optional[Any] = None  # simulator task id(s), e.g. PickCube-v1, libero_spatial, MT10
+    total_num_envs: int = 16  # across all env ranks
+    max_episode_steps: int = 32  # env steps (not chunks) per episode
+    auto_reset: bool = True
+    ignore_terminations: bool = False  # True: run every episode to max_episode_steps
+    use_rel_reward: bool = False  # reward once on first success instead of every success step
+    reward_coef: float = 1.0
+    seed: int = 0
+    group_size: int = 1  # envs sharing an initial state (GRPO)
+    num_workers: int = 0  # worker processes for simulators that need one env per process
+    image_size: int = 64  # rendered RGB side length
+    extra: dict = field(default_factory=dict)  # simulator-specific options
+
+
+@dataclass
+class EnvConfig:
+    group_name: str = "EnvGroup"
+    train: EnvSplitConfig = field(default_factory=EnvSplitConfig)
+    eval: EnvSplitConfig = field(default_factory=EnvSplitConfig)
+
+
+@dataclass
+class RolloutConfig:
+    pipeline_stage_num: int = 1  # split each env rank's envs into S groups, pipelined
+    enable_offload: bool = False  # move rollout weights off the device while the actor trains
+    mode: str = "colocate"
+
+
+@dataclass
+class OpenPIConfig:
+    """Flow-policy settings; used by every flow model (π0, π0.5 and flow_mlp)."""
+
+    noise_level: float = 0.5  # flow_sde noise strength a
+    noise_logvar_range: list = field(default_factory=lambda: [0.08, 0.16])  # flow_noise std bounds
+    action_chunk: int = "${actor.model.num_action_chunks}"  # type: ignore[assignment]
+    num_steps: int = "${actor.model.num_steps}"  # type: ignore[assignment]
+    train_expert_only: bool = True
+    action_env_dim: int = "${actor.model.action_dim}"  # type: ignore[assignment]
+    noise_method: str = "flow_sde"  # flow_sde | flow_noise
+    add_value_head: bool = True
+    pi05: bool = False
+    value_after_vlm: bool = False
+    joint_logprob: bool = False  # flow_sde: False, flow_noise: True (seeds)
+    detach_critic_input: bool = False
+    config_name: str = "pi0_tiny"  # model size preset (pi0, pi05, pi0_tiny, ...)
+
+
+@dataclass
+class ModelConfig:
+    model_type: str = "flow_mlp"  # flow_mlp | openpi
+    model_path: Optional[str] = None  # checkpoint directory to load
+    action_dim: int = 2  # env action dims
+    num_action_chunks: int = 4  # executed actions per chunk (C)
+    action_horizon: int = "${actor.model.num_action_chunks}"  # type: ignore[assignment]  # model H >= C
+    action_model_dim: int = "${actor.model.action_dim}"  # type: ignore[assignment]  # model D >= D_env
+    num_steps: int = 4  # denoising steps K
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    hidden_dim: int = 128  # flow_mlp width
+    num_layers: int = 3  # flow_mlp depth
+    add_value_head: bool = True
+    is_lora: bool = False
+    lora_rank: int = 8
+    gradient_checkpointing: bool = False
+    trainable: list = field(default_factory=list)  # regexes of trainable params; empty = all
+    frozen: list = field(default_factory=list)  # regexes of frozen params (applied after)
+    openpi: OpenPIConfig = field(default_factory=OpenPIConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    value_lr: float = "${actor.optim.lr}"  # type: ignore[assignment]  # value-head learning rate
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    clip_grad: float = 1.0
+    lr_scheduler: str = "constant"  # constant | cosine
+    lr_warmup_steps: int = 0
+    min_lr: float = 0.0
+    total_training_steps: int = -1  # cosine horizon in optimizer steps; -1: derived
+
+
+@dataclass
+class ActorConfig:
+    micro_batch_size: int = 32  # samples per rank per forward/backward
+    global_batch_size: int = 64  # samples per optimizer step, all ranks
+    seed: int = "${runner.seed}"  # type: ignore[assignment]
+    enable_offload: bool = False
+    ds_config: str = "ds_configs/zero3.json"  # DeepSpeed JSON merged with the run's values
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class PirlConfig:
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    video_cfg: VideoConfig = field(default_factory=VideoConfig)

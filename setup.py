@@ -1,0 +1,47 @@
+"""pirl: online RL fine-tuning of flow-matching Vision-Language-Action policies."""
+from setuptools import find_packages, setup
+
+# torch is pinned: an unpinned torch (or a package wanting a newer one) pulls a CUDA build
+# of several GB on machines that need only the CPU wheel. On a CUDA machine install the
+# matching CUDA wheel of this version first; pip then keeps it.
+TORCH = "torch==2.13.0"
+
+setup(
+    name="pirl",
+    version="0.1.0",
+    description="Online RL fine-tuning (PPO/GRPO, Flow-SDE/Flow-Noise) of π0 / π0.5 VLAs",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pirl", "pirl.*"]) + ["pirl.kernels"],
+    # The Triton kernels live in kernels/ but install as pirl.kernels: a top-level
+    # `kernels` would shadow the PyPI package of that name that transformers probes for.
+    package_dir={"pirl.kernels": "kernels"},
+    install_requires=[
+        TORCH,
+        "deepspeed==0.19.8",
+        "triton==3.9.0",
+        "transformers>=5.0,<6",
+        "peft>=0.17",
+        "omegaconf>=2.3",
+        "safetensors",
+        "sentencepiece",
+        "tokenizers",
+        "numpy",
+        "tqdm",
+        "tensorboard",
+        "wandb",
+        "imageio",
+        "imageio-ffmpeg",
+    ],
+    extras_require={
+        "sim": [
+            "mani-skill==3.0.1",
+            "metaworld==3.1.1",
+            "libero==0.1.1",
+            "mujoco==3.3.0",
+            "torchvision==0.28.0",
+            "packaging",
+        ],
+        "gpu": ["flash-attn"],
+        "dev": ["pytest", "pytest-timeout"],
+    },
+)
