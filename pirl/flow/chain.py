@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from pirl.flow import transitions as T
+from pirl.kernels import dispatch  # Triton on CUDA, the transitions.py reference elsewhere
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, Optional[torch.Tensor]]]
 
@@ -78,7 +79,7 @@ def sample_chain(
         if method == T.ODE:
             x = x - spec.delta * v.float()
         else:
-            x, lp = T.denoise_step(x, v, t, spec.delta, noise, stochastic, method, spec.noise_level, std)
+            x, lp = dispatch.denoise_step(x, v, t, spec.delta, noise, stochastic, method, spec.noise_level, std)
             logprob = logprob + lp
         chain.append(x)
     return torch.stack(chain, dim=1), logprob
@@ -103,7 +104,7 @@ def chain_logprob(
         k = step_mask.float().argmax(dim=1)  # (B,)
         x_t, x_next, t = chains[rows, k], chains[rows, k + 1], times[k]
         v, std = velocity_fn(x_t, t)
-        return T.step_logprob(x_t, v, x_next, t, spec.delta, spec.noise_method, spec.noise_level, std)
+        return dispatch.step_logprob(x_t, v, x_next, t, spec.delta, spec.noise_method, spec.noise_level, std)
     logprob = chains.new_zeros(chains[:, 0].shape, dtype=torch.float32)
     entropy = torch.zeros_like(logprob)
     count = step_mask.sum(dim=1).clamp(min=1).float()  # (B,)
@@ -113,7 +114,7 @@ def chain_logprob(
             continue
         t = times[k].expand(B)
         v, std = velocity_fn(chains[:, k], t)
-        lp, ent = T.step_logprob(chains[:, k], v, chains[:, k + 1], t, spec.delta, spec.noise_method, spec.noise_level, std)
+        lp, ent = dispatch.step_logprob(chains[:, k], v, chains[:, k + 1], t, spec.delta, spec.noise_method, spec.noise_level, std)
         logprob = logprob + m * lp
         entropy = entropy + m * ent
     return logprob, entropy / count.reshape(B, 1, 1)
