@@ -13,6 +13,12 @@ read in place; outputs are fresh contiguous fp32 tensors (gradients take the inp
 The kernels are written as plain functions and jitted on first launch: Triton decides
 between the compiler and its CPU interpreter when `triton.jit` runs, and reading
 TRITON_INTERPRET at launch time (not at import) lets tests set it whenever they like.
+For the same reason the kernels use only Triton builtins, never `tl.standard` helpers
+(`tl.sum`, `tl.zeros`): those are jit functions fixed to the mode Triton was imported
+in, and calling one from an interpreted kernel fails when that mode was compiled. Sums
+are `tl.reduce(x, axis, tl.standard._sum_combine)`, which is what `tl.sum` expands to
+(the interpreter recognises that combine function and sums with numpy); zeros are
+`tl.full(shape, 0.0, tl.float32)`.
 """
 from __future__ import annotations
 
@@ -56,8 +62,8 @@ def _step_logprob_fwd(
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < DE
-    acc_lp = tl.zeros((BLOCK_H, BLOCK_D), dtype=tl.float32)
-    acc_ent = tl.zeros((BLOCK_H, BLOCK_D), dtype=tl.float32)
+    acc_lp = tl.full((BLOCK_H, BLOCK_D), 0.0, tl.float32)
+    acc_ent = tl.full((BLOCK_H, BLOCK_D), 0.0, tl.float32)
     for h0 in range(0, C, BLOCK_H):
         hh = h0 + offs_h
         m = (hh[:, None] < C) & d_ok[None, :]
@@ -70,7 +76,7 @@ def _step_logprob_fwd(
             one_minus_t = tl.where(t >= 1.0, delta, 1.0 - t)
             sigma = noise_level * tl.sqrt(t / one_minus_t)
             mean = mean - (sigma * sigma * delta / (2.0 * t)) * (x + (1.0 - t) * v)
-            std = tl.zeros((BLOCK_H, BLOCK_D), dtype=tl.float32) + sigma * sqrt_delta
+            std = tl.full((BLOCK_H, BLOCK_D), 0.0, tl.float32) + sigma * sqrt_delta
         else:
             std = tl.load(std_ptr + b * ssb + hh[:, None] * ssh + offs_d[None, :] * ssd, mask=m, other=1.0).to(tl.float32)
         diff = y - mean
@@ -83,14 +89,14 @@ def _step_logprob_fwd(
             tl.store(ent_ptr + out, ent, mask=m)
         elif REDUCE == 1:
             h_ok = hh < C
-            tl.store(lp_ptr + b * C + hh, tl.sum(lp, axis=1), mask=h_ok)
-            tl.store(ent_ptr + b * C + hh, tl.sum(ent, axis=1), mask=h_ok)
+            tl.store(lp_ptr + b * C + hh, tl.reduce(lp, 1, tl.standard._sum_combine), mask=h_ok)
+            tl.store(ent_ptr + b * C + hh, tl.reduce(ent, 1, tl.standard._sum_combine), mask=h_ok)
         else:
             acc_lp += lp
             acc_ent += ent
     if REDUCE == 2:
-        tl.store(lp_ptr + b, tl.sum(tl.sum(acc_lp, axis=1), axis=0))
-        tl.store(ent_ptr + b, tl.sum(tl.sum(acc_ent, axis=1), axis=0))
+        tl.store(lp_ptr + b, tl.reduce(tl.reduce(acc_lp, 1, tl.standard._sum_combine), 0, tl.standard._sum_combine))
+        tl.store(ent_ptr + b, tl.reduce(tl.reduce(acc_ent, 1, tl.standard._sum_combine), 0, tl.standard._sum_combine))
 
 
 def _step_logprob_bwd(
@@ -129,7 +135,7 @@ def _step_logprob_bwd(
         v = tl.load(v_ptr + b * svb + hh[:, None] * svh + offs_d[None, :] * svd, mask=box, other=0.0).to(tl.float32)
         y = tl.load(y_ptr + b * syb + hh[:, None] * syh + offs_d[None, :] * syd, mask=box, other=0.0).to(tl.float32)
         if METHOD == 1:
-            std = tl.zeros((BLOCK_H, BLOCK_D), dtype=tl.float32) + sigma * sqrt_delta
+            std = tl.full((BLOCK_H, BLOCK_D), 0.0, tl.float32) + sigma * sqrt_delta
         else:
             std = tl.load(std_ptr + b * ssb + hh[:, None] * ssh + offs_d[None, :] * ssd, mask=box, other=1.0).to(tl.float32)
         # μ exactly as the forward rounds it; a_x, a_v are only its derivatives.
@@ -190,14 +196,14 @@ def _denoise_step(
         off = b * H * D + hh[:, None] * D + offs_d[None, :]
         if METHOD == 0:
             tl.store(out_ptr + off, ode_mean, mask=m)
-            tl.store(lp_ptr + off, tl.zeros((BLOCK_H, BLOCK_D), dtype=tl.float32), mask=m)
+            tl.store(lp_ptr + off, tl.full((BLOCK_H, BLOCK_D), 0.0, tl.float32), mask=m)
         else:
             eps = tl.load(n_ptr + b * snb + hh[:, None] * snh + offs_d[None, :] * snd, mask=m, other=0.0).to(tl.float32)
             if METHOD == 1:
                 one_minus_t = tl.where(t >= 1.0, delta, 1.0 - t)
                 sigma = noise_level * tl.sqrt(t / one_minus_t)
                 mean = ode_mean - (sigma * sigma * delta / (2.0 * t)) * (x + (1.0 - t) * v)
-                std = tl.zeros((BLOCK_H, BLOCK_D), dtype=tl.float32) + sigma * sqrt_delta
+                std = tl.full((BLOCK_H, BLOCK_D), 0.0, tl.float32) + sigma * sqrt_delta
             else:
                 mean = ode_mean
                 std = tl.load(std_ptr + b * ssb + hh[:, None] * ssh + offs_d[None, :] * ssd, mask=m, other=1.0).to(tl.float32)
@@ -272,6 +278,12 @@ def _check_common(x_t: torch.Tensor, t: torch.Tensor, method: str,
     return std
 
 
+def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Every kernel output is allocated here, uninitialised: the kernels write all of it
+    (the tests replace this with a NaN-filled allocator to check exactly that)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def _launchable(x: torch.Tensor) -> None:
     if x.device.type != "cuda" and not interpreting():
         raise RuntimeError("the Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors "
@@ -300,8 +312,8 @@ def denoise_step(
                          f"got {stochastic.dtype} {tuple(stochastic.shape)} on {stochastic.device}")
     _launchable(x_t)
     B, H, D = shape
-    x_next = torch.empty(shape, dtype=torch.float32, device=x_t.device)
-    logprob = torch.empty(shape, dtype=torch.float32, device=x_t.device)
+    x_next = _empty(shape, torch.float32, x_t.device)
+    logprob = _empty(shape, torch.float32, x_t.device)
     if x_t.numel() == 0:
         return x_next, logprob
     std_arg = std if std is not None else x_t  # never read unless flow_noise
@@ -334,8 +346,8 @@ def step_logprob_fwd(x_t, v, x_next, t, delta, method, noise_level, std, C, DE, 
     _launchable(x_t)
     B, H, D = x_t.shape
     out_shape = {REDUCE_NONE: (B, C, DE), REDUCE_ACTION: (B, C), REDUCE_CHUNK: (B,)}[reduce]
-    lp = torch.empty(out_shape, dtype=torch.float32, device=x_t.device)
-    ent = torch.empty(out_shape, dtype=torch.float32, device=x_t.device)
+    lp = _empty(out_shape, torch.float32, x_t.device)
+    ent = _empty(out_shape, torch.float32, x_t.device)
     if B == 0:
         return lp, ent
     std_arg = std if std is not None else x_t
@@ -358,7 +370,7 @@ def step_logprob_bwd(x_t, v, x_next, t, delta, method, noise_level, std, C, DE, 
     B, H, D = x_t.shape
 
     def buf(flag, like):
-        return torch.empty((B, H, D), dtype=like.dtype, device=x_t.device) if flag else None
+        return _empty((B, H, D), like.dtype, x_t.device) if flag else None
 
     gx, gv, gy = buf(want_x, x_t), buf(want_v, v), buf(want_y, x_next)
     gstd = buf(want_std and std is not None, std if std is not None else x_t)
