@@ -1,0 +1,46 @@
+"""Policies: the flow-policy interface, flow_mlp, and (pirl.models.pi0) π0 / π0.5."""
+from __future__ import annotations
+
+from pirl.flow import FlowSpec
+from pirl.models.policy import ChunkEval, ChunkSample, FlowPolicy
+
+MODEL_TYPES = ("flow_mlp", "openpi")
+
+
+def flow_spec(model_cfg) -> FlowSpec:
+    """The stochastic-chain definition from `actor.model` (flow keys live in `openpi`)."""
+    op = model_cfg.openpi
+    return FlowSpec(
+        num_steps=int(op.num_steps),
+        noise_method=str(op.noise_method),
+        noise_level=float(op.noise_level),
+        joint_logprob=bool(op.joint_logprob),
+        action_chunk=int(op.action_chunk),
+        action_env_dim=int(op.action_env_dim),
+    )
+
+
+def build_policy(model_cfg, state_dim: int) -> FlowPolicy:
+    """`actor.model` section + the env's state size -> a FlowPolicy (fp32 on CPU)."""
+    if model_cfg.model_type == "flow_mlp":
+        from pirl.models.flow_mlp import FlowMLPPolicy
+
+        return FlowMLPPolicy(
+            state_dim=state_dim,
+            spec=flow_spec(model_cfg),
+            horizon=int(model_cfg.action_horizon),
+            action_dim=int(model_cfg.action_model_dim),
+            hidden_dim=int(model_cfg.hidden_dim),
+            num_layers=int(model_cfg.num_layers),
+            add_value_head=bool(model_cfg.add_value_head),
+            noise_std_range=tuple(model_cfg.openpi.noise_logvar_range),
+            detach_critic_input=bool(model_cfg.openpi.detach_critic_input),
+        )
+    if model_cfg.model_type == "openpi":
+        from pirl.models.pi0 import build_pi0_policy
+
+        return build_pi0_policy(model_cfg)
+    raise ValueError(f"actor.model.model_type must be one of {MODEL_TYPES}, got {model_cfg.model_type!r}")
+
+
+__all__ = ["ChunkEval", "ChunkSample", "FlowPolicy", "build_policy", "flow_spec", "MODEL_TYPES"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -26,8 +27,9 @@ class ChunkSample:
     forward_inputs: dict[str, torch.Tensor]  # batch-first tensors `evaluate` needs again
 
 
-@dataclass
-class ChunkEval:
+class ChunkEval(NamedTuple):
+    """A NamedTuple, not a dataclass: ZeRO-3 must see the output tensors to hook backward."""
+
     logprob: torch.Tensor  # (B, C, D_env) fp32
     entropy: torch.Tensor  # (B, C, D_env) fp32, Gaussian entropy of the scored transitions
     values: torch.Tensor  # (B,) fp32
@@ -52,6 +54,11 @@ class FlowPolicy(nn.Module, abc.ABC):
     def evaluate(self, forward_inputs: dict[str, torch.Tensor], chains: torch.Tensor,
                  step_mask: torch.Tensor) -> ChunkEval:
         """Re-score stored chains with gradients: log-probs, entropy and values."""
+
+    def forward(self, forward_inputs: dict[str, torch.Tensor], chains: torch.Tensor,
+                step_mask: torch.Tensor) -> ChunkEval:
+        """The training forward is `evaluate`: DeepSpeed engines call `forward`."""
+        return self.evaluate(forward_inputs, chains, step_mask)
 
     @abc.abstractmethod
     def value(self, forward_inputs: dict[str, torch.Tensor]) -> torch.Tensor:

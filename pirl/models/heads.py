@@ -1,0 +1,37 @@
+"""Heads shared by every flow policy: the critic and the learned-noise (flow_noise) head."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ValueHead(nn.Module):
+    """features (B, W) -> value (B,) fp32. Last layer starts at zero so early critic noise
+    does not swamp the first advantages."""
+
+    def __init__(self, width: int, hidden: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features.float()).squeeze(-1)
+
+
+class NoiseHead(nn.Module):
+    """hidden (..., W) -> per-element std (..., D) squashed into [lo, hi]
+    (`noise_logvar_range`, read as std bounds as in the reference system's flow_noise)."""
+
+    def __init__(self, width: int, out_dim: int, std_range: tuple[float, float]):
+        super().__init__()
+        lo, hi = float(std_range[0]), float(std_range[1])
+        if not 0 < lo <= hi:
+            raise ValueError(f"actor.model.openpi.noise_logvar_range must satisfy 0 < lo <= hi, got {std_range}")
+        self.lo, self.hi = lo, hi
+        self.proj = nn.Linear(width, out_dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)  # starts at the middle of the range
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lo + (self.hi - self.lo) * torch.sigmoid(self.proj(hidden).float())

@@ -1,0 +1,142 @@
+"""π0 / π0.5 behind the FlowPolicy interface; the chain math stays in pirl.flow.
+
+Rollout (`sample`): one prefix pass fills a read-only KV cache; the velocity closure runs
+only the action expert against it for each of the K steps. Training (`evaluate`): one
+prefix pass (under no_grad when the VLM is frozen), then `chain_logprob` calls the same
+closure on the stored stochastic step (joint_logprob False: one expert pass) or on every
+step (True).
+
+Critic placement (`value_after_vlm`): on the mean of the valid prefix outputs, or on the
+mean of the executed action tokens of the expert at the scored (stochastic) step(s); in
+eval mode (no stochastic step) at the first step (t=1). The value read in `sample` is
+therefore the same function of (obs, chain, step_mask) that `evaluate` recomputes.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from pirl.flow import FlowSpec, chain_logprob, executed, sample_chain, select_steps
+from pirl.models.pi0.modeling import Pi0Model
+from pirl.models.pi0.processor import Pi0Processor
+from pirl.models.policy import ChunkEval, ChunkSample, FlowPolicy
+
+MODEL_INPUTS = ("images", "image_masks", "tokens", "token_masks")
+
+
+class _StepValues:
+    """Collects critic values from expert passes, weighted by which rows each step scores.
+
+    The closure only sees t, so the step index is recovered as k = round((1 − t)·K)."""
+
+    def __init__(self, step_mask: torch.Tensor | None, K: int):
+        self.step_mask, self.K = step_mask, K
+        self.total, self.weight = None, None
+
+    def add(self, t: torch.Tensor, v: torch.Tensor) -> None:
+        k = torch.round((1.0 - t.float()) * self.K).long().clamp(0, self.K - 1)  # (B,)
+        rows = torch.arange(t.shape[0], device=t.device)
+        w = (self.step_mask[rows, k].float() if self.step_mask is not None else (k == 0).float()).to(v.device)
+        self.total = w * v if self.total is None else self.total + w * v
+        self.weight = w if self.weight is None else self.weight + w
+
+    def result(self) -> torch.Tensor:
+        return self.total / self.weight.clamp(min=1.0)
+
+
+class Pi0Policy(FlowPolicy):
+    def __init__(self, model: Pi0Model, processor: Pi0Processor, spec: FlowSpec):
+        super().__init__()
+        if spec.action_chunk > model.cfg.action_horizon or spec.action_env_dim > model.cfg.action_dim:
+            raise ValueError(f"action_chunk {spec.action_chunk} / action_env_dim {spec.action_env_dim} exceed "
+                             f"the model's horizon {model.cfg.action_horizon} / dim {model.cfg.action_dim}")
+        if spec.noise_method == "flow_noise" and not model.cfg.add_noise_head:
+            raise ValueError("noise_method flow_noise needs the model's noise head (add_noise_head)")
+        self.model, self.processor, self.spec = model, processor, spec
+
+    # ---- helpers ----------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return self.model.action_in_proj.weight.device
+
+    def _vlm_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.model.paligemma_with_expert.paligemma.parameters())
+
+    def _prefix(self, fi: dict[str, torch.Tensor], grad: bool):
+        ctx = contextlib.nullcontext() if grad else torch.no_grad()
+        with ctx:
+            return self.model.prefix_forward(*(fi[k] for k in MODEL_INPUTS))
+
+    def _closure(self, fi, kv, pad, values: _StepValues | None):
+        state = fi["state"]
+        critic_on_expert = self.model.cfg.add_value_head and not self.model.cfg.value_after_vlm
+
+        def velocity_fn(x: torch.Tensor, t: torch.Tensor):
+            so = self.model.suffix_forward(kv, pad, state, x, t)
+            if critic_on_expert and values is not None:
+                values.add(t, self.model.value_from_suffix(so, self.spec.action_chunk))
+            return self.model.velocity(so), self.model.noise_std(so)
+
+        return velocity_fn
+
+    def _values(self, prefix_out, pad, values: _StepValues) -> torch.Tensor:
+        if not self.model.cfg.add_value_head:
+            return torch.zeros(prefix_out.shape[0], device=prefix_out.device)
+        if self.model.cfg.value_after_vlm:
+            return self.model.value_from_prefix(prefix_out, pad)
+        return values.result()
+
+    # ---- FlowPolicy -------------------------------------------------------------------
+    def preprocess(self, obs: dict) -> dict[str, torch.Tensor]:
+        self.processor.training = self.training
+        device = self._device()
+        return {k: v.to(device) for k, v in self.processor(obs).items()}
+
+    @torch.no_grad()
+    def sample(self, forward_inputs: dict[str, torch.Tensor], mode: str = "train",
+               generator: torch.Generator | None = None) -> ChunkSample:
+        if mode not in ("train", "eval"):
+            raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+        fi = forward_inputs
+        device = self._device()
+        B = fi["state"].shape[0]
+        cfg = self.model.cfg
+        prefix_out, kv, pad = self._prefix(fi, grad=False)
+        step_mask = select_steps(B, self.spec, generator, device) if mode == "train" else None
+        values = _StepValues(step_mask, self.spec.num_steps)
+        x1 = torch.randn((B, cfg.action_horizon, cfg.action_dim), generator=generator,
+                         device=generator.device if generator is not None else device).to(device)
+        chains, lp = sample_chain(self._closure(fi, kv, pad, values), x1, self.spec, step_mask, generator)
+        actions = self.processor.postprocess(chains[:, -1], fi["raw_state"])[:, : self.spec.action_chunk]
+        if step_mask is None:
+            step_mask = torch.zeros(B, self.spec.num_steps, dtype=torch.bool, device=device)
+        return ChunkSample(actions=actions, chains=chains, step_mask=step_mask, logprob=executed(lp, self.spec),
+                           values=self._values(prefix_out, pad, values).float(), forward_inputs=fi)
+
+    def evaluate(self, forward_inputs: dict[str, torch.Tensor], chains: torch.Tensor,
+                 step_mask: torch.Tensor) -> ChunkEval:
+        fi = forward_inputs
+        prefix_out, kv, pad = self._prefix(fi, grad=self._vlm_trainable())
+        values = _StepValues(step_mask, self.spec.num_steps)
+        lp, ent = chain_logprob(self._closure(fi, kv, pad, values), chains, step_mask, self.spec)
+        return ChunkEval(logprob=executed(lp, self.spec), entropy=executed(ent, self.spec),
+                         values=self._values(prefix_out, pad, values).float())
+
+    @torch.no_grad()
+    def value(self, forward_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.model.cfg.add_value_head and self.model.cfg.value_after_vlm:
+            prefix_out, _, pad = self._prefix(forward_inputs, grad=False)
+            return self.model.value_from_prefix(prefix_out, pad).float()
+        return self.sample(forward_inputs, mode="eval").values
+
+    def sft_loss(self, forward_inputs: dict[str, torch.Tensor], actions: torch.Tensor,
+                 generator: torch.Generator | None = None):
+        """Supervised flow matching on env-unit actions (B, H, D_env) -> (loss, metrics)."""
+        fi = forward_inputs
+        a = self.processor.to_delta(actions.float(), fi["raw_state"])
+        if self.processor.norm_stats is not None:
+            from pirl.models.pi0.normalize import normalize
+            a = normalize(a, self.processor.norm_stats["actions"], self.processor.pcfg.normalization)
+        a = self.processor.pad(a)
+        return self.model.sft_loss(*(fi[k] for k in MODEL_INPUTS), fi["state"], a,
+                                   action_env_dim=self.spec.action_env_dim, generator=generator)

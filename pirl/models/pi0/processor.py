@@ -1,0 +1,152 @@
+"""Env observations <-> π0 model tensors. Most π0 bugs are processor bugs, so every step is
+a small function with its own test.
+
+In (`__call__`): obs dict (pirl.envs.base) ->
+    images       (B, NC, 3, S, S) fp32 in [-1, 1]   camera slots base / left wrist / right wrist
+    image_masks  (B, NC) bool                       False for cameras the env lacks
+    tokens       (B, L) long, token_masks (B, L) bool
+    state        (B, D) fp32                        normalized, zero-padded to the model dim
+    raw_state    (B, S_env) fp32                    env units, for delta actions on the way out
+Out (`postprocess`): model actions (B, H, D) -> env actions (B, H, D_env): unnormalize,
+absolute = delta + state on the delta dims, slice the env's dims.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pirl.models.pi0.configuration import Pi0Config
+from pirl.models.pi0.normalize import NormStats, normalize, unnormalize
+from pirl.models.pi0.tokenizer import PromptTokenizer
+
+# obs key -> camera slot (IMAGE_KEYS order); a slot with no key is masked out.
+CAMERA_OBS_KEYS = ("main_images", "wrist_images", "extra_wrist_images")
+
+
+def resize_with_pad(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> fp32 (B, 3, size, size) in [0, 255]: keep aspect ratio,
+    bilinear resize of the longer side to `size`, center zero-pad (openpi's resize_with_pad)."""
+    if images.dim() != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be (B, H, W, 3) uint8, got {tuple(images.shape)} {images.dtype}")
+    x = images.permute(0, 3, 1, 2).float()
+    H, W = x.shape[-2:]
+    if (H, W) != (size, size):
+        ratio = max(H, W) / size
+        h, w = int(H / ratio), int(W / ratio)
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True).clamp(0, 255)
+        top, left = (size - h) // 2, (size - w) // 2
+        x = F.pad(x, (left, size - w - left, top, size - h - top), value=0.0)
+    return x
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """[0, 255] -> [-1, 1] (SigLIP's input range)."""
+    return x / 127.5 - 1.0
+
+
+def augment(x: torch.Tensor, generator: torch.Generator | None, crop: float = 0.95,
+            brightness: float = 0.3, contrast: float = 0.4) -> torch.Tensor:
+    """Train-time augmentation on (B, 3, S, S) in [-1, 1]: random crop of `crop` of the side
+    resized back, then brightness and contrast jitter (openpi's choices, minus rotation)."""
+    B, _, S, _ = x.shape
+    c = int(S * crop)
+    out = []
+    for i in range(B):
+        top, left = (int(v) for v in torch.randint(0, S - c + 1, (2,), generator=generator))
+        out.append(F.interpolate(x[i:i + 1, :, top:top + c, left:left + c], size=(S, S), mode="bilinear",
+                                 align_corners=False))
+    x = torch.cat(out)
+    b = (torch.rand(B, 1, 1, 1, generator=generator) * 2 - 1) * brightness
+    k = 1 + (torch.rand(B, 1, 1, 1, generator=generator) * 2 - 1) * contrast
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * k + mean + b).clamp(-1, 1)
+
+
+@dataclass
+class ProcessorConfig:
+    normalization: str = "zscore"  # zscore (π0) | quantile (π0.5)
+    delta_action_mask: tuple | None = None  # (D_env,) bool: env actions that are deltas to the state
+    action_env_dim: int = 1
+    train_augment: bool = False
+
+
+class Pi0Processor:
+    def __init__(self, cfg: Pi0Config, tokenizer: PromptTokenizer, norm_stats: dict[str, NormStats] | None,
+                 pcfg: ProcessorConfig):
+        if norm_stats is not None:
+            for key in ("state", "actions"):
+                if key not in norm_stats:
+                    raise ValueError(f"norm_stats.json lacks {key!r} (has {sorted(norm_stats)})")
+        self.cfg, self.tokenizer, self.norm_stats, self.pcfg = cfg, tokenizer, norm_stats, pcfg
+        self.training = False
+
+    def images(self, obs: dict, generator: torch.Generator | None = None):
+        """-> images (B, NC, 3, S, S) in [-1, 1], masks (B, NC) bool."""
+        if "main_images" not in obs:
+            raise ValueError(f"observation lacks 'main_images' (has {sorted(obs)})")
+        S = self.cfg.vision.image_size
+        B = len(obs["main_images"])
+        slots, masks = [], []
+        for key in CAMERA_OBS_KEYS[: len(self.cfg.image_keys)]:
+            img = obs.get(key)
+            if img is None:
+                slots.append(torch.full((B, 3, S, S), -1.0))  # a black frame, masked out
+                masks.append(torch.zeros(B, dtype=torch.bool))
+                continue
+            x = to_unit_range(resize_with_pad(torch.as_tensor(img), S))
+            if self.training and self.pcfg.train_augment:
+                x = augment(x, generator)
+            slots.append(x)
+            masks.append(torch.ones(B, dtype=torch.bool))
+        return torch.stack(slots, dim=1), torch.stack(masks, dim=1)
+
+    def state(self, raw: torch.Tensor) -> torch.Tensor:
+        """raw (B, S_env) -> normalized (B, S_env) fp32."""
+        if self.norm_stats is None:
+            return raw.float()
+        return normalize(raw.float(), self.norm_stats["state"], self.pcfg.normalization)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        D = self.cfg.action_dim
+        if x.shape[-1] > D:
+            raise ValueError(f"state has {x.shape[-1]} dims, more than the model's {D}")
+        return F.pad(x, (0, D - x.shape[-1]))
+
+    def __call__(self, obs: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        if "states" not in obs:
+            raise ValueError(f"observation lacks 'states' (has {sorted(obs)})")
+        raw = torch.as_tensor(obs["states"]).float()
+        images, image_masks = self.images(obs, generator)
+        prompts = obs.get("task_descriptions") or [""] * raw.shape[0]
+        norm_state = self.state(raw)
+        tokens, token_masks = self.tokenizer(list(prompts), norm_state if self.tokenizer.discrete_state else None)
+        return {"images": images, "image_masks": image_masks, "tokens": tokens, "token_masks": token_masks,
+                "state": self.pad(norm_state), "raw_state": raw}
+
+    def postprocess(self, actions: torch.Tensor, raw_state: torch.Tensor) -> torch.Tensor:
+        """model actions (B, H, D) -> env actions (B, H, D_env) fp32."""
+        a = actions.float()
+        if self.norm_stats is not None:
+            a = unnormalize(a, self.norm_stats["actions"], self.pcfg.normalization)
+        a = a[..., : self.pcfg.action_env_dim]
+        if self.pcfg.delta_action_mask is not None:
+            m = torch.tensor(self.pcfg.delta_action_mask, dtype=torch.bool, device=a.device)
+            if m.shape[0] != a.shape[-1]:
+                raise ValueError(f"delta_action_mask has {m.shape[0]} entries, env actions have {a.shape[-1]}")
+            n = min(raw_state.shape[-1], m.shape[0])
+            offset = torch.zeros_like(a[:, 0])
+            offset[:, :n] = torch.where(m[:n], raw_state[:, :n].float(), torch.zeros_like(offset[:, :n]))
+            a = a + offset[:, None, :]
+        return a
+
+    def to_delta(self, actions: torch.Tensor, raw_state: torch.Tensor) -> torch.Tensor:
+        """Absolute env actions (B, H, D_env) -> deltas on the masked dims (SFT data path)."""
+        if self.pcfg.delta_action_mask is None:
+            return actions
+        m = torch.tensor(self.pcfg.delta_action_mask, dtype=torch.bool, device=actions.device)
+        n = min(raw_state.shape[-1], m.shape[0])
+        offset = torch.zeros_like(actions[:, 0])
+        offset[:, :n] = torch.where(m[:n], raw_state[:, :n].float(), torch.zeros_like(offset[:, :n]))
+        return actions - offset[:, None, :]

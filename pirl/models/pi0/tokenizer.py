@@ -1,0 +1,92 @@
+"""Prompt tokenization for π0 / π0.5 (openpi's PaligemmaTokenizer formats).
+
+π0:   <bos> + sp(cleaned prompt) + sp("\n")
+π0.5: sp("Task: {prompt}, State: {bins};\nAction: ", add_bos) where the normalized state
+      is discretized into 256 bins over [-1, 1] (openpi: digitize(linspace(-1, 1, 257)[:-1]) - 1).
+Prompts are cleaned like openpi (strip, "_" and "\n" -> " "); then padded with id 0 and
+a False mask to `max_len`, or truncated to it.
+
+`SentencePieceTokenizer` reads PaliGemma's `paligemma_tokenizer.model` (or any
+SentencePiece model: tests train a tiny one). `ByteTokenizer` is the fallback for
+randomly initialised tiny models when no tokenizer file is configured.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+STATE_BINS = 256
+PAD_ID = 0
+
+
+class TextEncoder(Protocol):
+    vocab_size: int
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        ...
+
+
+class SentencePieceTokenizer:
+    def __init__(self, path: str | Path):
+        import sentencepiece
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer_path {path} does not exist (expected a SentencePiece .model file)")
+        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        self.vocab_size = int(self.sp.get_piece_size())
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        return list(self.sp.encode(text, add_bos=add_bos))
+
+
+class ByteTokenizer:
+    """UTF-8 bytes shifted past the special ids (0 pad, 1 eos, 2 bos): 259 ids."""
+
+    BOS, OFFSET = 2, 3
+    vocab_size = 256 + OFFSET
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        ids = [b + self.OFFSET for b in text.encode("utf-8")]
+        return ([self.BOS] if add_bos else []) + ids
+
+
+def clean_prompt(prompt: str) -> str:
+    return prompt.strip().replace("_", " ").replace("\n", " ")
+
+
+def discretize_state(state: np.ndarray) -> np.ndarray:
+    """Normalized state (S,) in about [-1, 1] -> ints in [0, 255] (openpi's binning; values
+    below -1 map to -1 exactly as openpi does)."""
+    return np.digitize(state, bins=np.linspace(-1, 1, STATE_BINS + 1)[:-1]) - 1
+
+
+class PromptTokenizer:
+    def __init__(self, encoder: TextEncoder, max_len: int, discrete_state: bool, model_vocab: int):
+        if encoder.vocab_size > model_vocab:
+            raise ValueError(f"tokenizer has {encoder.vocab_size} ids but the model's vocabulary is {model_vocab}")
+        self.encoder, self.max_len, self.discrete_state = encoder, max_len, discrete_state
+
+    def token_ids(self, prompt: str, state: np.ndarray | None = None) -> list[int]:
+        text = clean_prompt(prompt)
+        if self.discrete_state:
+            if state is None:
+                raise ValueError("π0.5 prompts with discrete_state_input need the normalized state")
+            bins = " ".join(map(str, discretize_state(np.asarray(state, dtype=np.float64))))
+            return self.encoder.encode(f"Task: {text}, State: {bins};\nAction: ", add_bos=True)
+        return self.encoder.encode(text, add_bos=True) + self.encoder.encode("\n")
+
+    def __call__(self, prompts: list[str], states: torch.Tensor | None = None):
+        """prompts (B,) [+ normalized states (B, S)] -> tokens (B, L) long, masks (B, L) bool."""
+        B = len(prompts)
+        tokens = torch.full((B, self.max_len), PAD_ID, dtype=torch.long)
+        masks = torch.zeros((B, self.max_len), dtype=torch.bool)
+        for i, p in enumerate(prompts):
+            st = states[i].double().cpu().numpy() if states is not None else None
+            ids = self.token_ids(p, st)[: self.max_len]
+            tokens[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            masks[i, : len(ids)] = True
+        return tokens, masks
