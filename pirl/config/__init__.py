@@ -1,0 +1,33 @@
+"""Experiment configuration: typed schema, YAML composition (defaults lists, `${...}`
+interpolation, `key=value` overrides), validation and derived sizes.
+
+    from pirl.config import load_config, derived_sizes, format_dry_run
+    cfg = load_config("reach2d_ppo_flow_sde", overrides=["actor.optim.lr=1e-4"], world_size=2)
+    print(format_dry_run(cfg, derived_sizes(cfg, 2)))
+
+Command line check of a config: `python -m pirl.config.compose --config-name NAME
+[--world-size N] [key=value ...]`.
+"""
+import importlib
+
+# name -> submodule (`validate` and `compose` the functions stay in their modules: the
+# package attribute of those names is the submodule). Loaded on first use (PEP 562) so that `python -m
+# pirl.config.compose` does not find its own module already imported by the package.
+_EXPORTS = {
+    "ConfigError": "validate",
+    "REPO_ROOT": "validate",
+    "PirlConfig": "schema",
+    "build_arg_parser": "compose",
+    "load_config": "compose",
+    "derived_sizes": "derived",
+    "format_dry_run": "derived",
+    "world_size_of": "derived",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pirl.config' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"pirl.config.{_EXPORTS[name]}"), name)

@@ -21,8 +21,8 @@ class ClusterConfig:
 @dataclass
 class LoggerConfig:
     log_path: str = "results"  # root of logs, TensorBoard events, checkpoints, videos
-    project_name: str = "pirl"
-    experiment_name: str = "default"
+    project_name: str = "pirl"  # WandB / SwanLab project
+    experiment_name: str = "default"  # run name; also the log sub-directory
     logger_backends: list = field(default_factory=lambda: ["tensorboard"])  # tensorboard, wandb, swanlab
     wandb_mode: str = "auto"  # auto (offline without network), online, offline, disabled
     log_all_ranks: bool = False  # print logs from every rank, not only rank 0
@@ -30,14 +30,14 @@ class LoggerConfig:
 
 @dataclass
 class RunnerConfig:
-    task_type: str = "embodied"
+    task_type: str = "embodied"  # the only task type (seed key)
     max_epochs: int = 100  # training iterations (rollout + update)
     max_steps: int = -1  # optimizer steps cap; -1 = no cap
     val_check_interval: int = 10  # eval every N iterations; <=0 disables periodic eval
     save_interval: int = 50  # checkpoint every N iterations; <=0 disables
     keep_last_n: int = 3  # checkpoints kept; older are deleted after a successful save
     resume_dir: Optional[str] = None  # null, "auto" (latest under log_path), or a checkpoint dir
-    seed: int = 1234
+    seed: int = 1234  # base seed of the run
     eval_before_train: bool = True  # evaluate the initial policy (success "before")
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
@@ -50,30 +50,30 @@ class AlgorithmConfig:
     logprob_type: str = "chunk_level"  # chunk_level | action_level | token_level (pirl.flow.chain)
     rollout_epoch: int = 1  # rollouts of every env per iteration
     update_epoch: int = 1  # passes over the rollout data per iteration
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
+    gamma: float = 0.99  # discount per chunk step, in [0, 1]
+    gae_lambda: float = 0.95  # in [0, 1]
     normalize_advantages: bool = True  # over valid entries
     group_size: int = 1  # GRPO: consecutive envs that share an initial state
     filter_rewards: bool = False  # GRPO: drop groups whose mean success is outside [low, high]
-    rewards_lower_bound: float = 0.1
+    rewards_lower_bound: float = 0.1  # in [0, 1], <= rewards_upper_bound
     rewards_upper_bound: float = 0.9
-    clip_ratio_low: float = 0.2
-    clip_ratio_high: float = 0.28
+    clip_ratio_low: float = 0.2  # PPO ratio clip below: 1 - low
+    clip_ratio_high: float = 0.28  # PPO ratio clip above: 1 + high (clip-higher)
     clip_ratio_c: Optional[float] = None  # dual-clip constant (> 1), None disables
     value_clip: Optional[float] = 0.2  # clip of value updates around the old value; None disables
     value_loss_type: str = "huber"  # huber | mse
-    huber_delta: float = 10.0
-    value_loss_coef: float = 1.0
+    huber_delta: float = 10.0  # huber value loss: quadratic below, linear above
+    value_loss_coef: float = 1.0  # weight of the value loss in actor_critic
     entropy_bonus: float = 0.0  # flow-sde: 0.0; flow-noise: 0.005 (seeds)
     max_grad_norm: Optional[float] = None  # alias of actor.optim.clip_grad when set
 
 
 @dataclass
 class VideoConfig:
-    save_video: bool = False
+    save_video: bool = False  # write episode videos of env rank 0
     info_on_video: bool = True  # draw step, reward, success and instruction on frames
     video_base_dir: str = "${runner.logger.log_path}/video/train"
-    fps: int = 10
+    fps: int = 10  # frames per second of the saved videos
 
 
 @dataclass
@@ -82,11 +82,11 @@ class EnvSplitConfig:
     task: Optional[Any] = None  # simulator task id(s), e.g. PickCube-v1, libero_spatial, MT10
     total_num_envs: int = 16  # across all env ranks
     max_episode_steps: int = 32  # env steps (not chunks) per episode
-    auto_reset: bool = True
+    auto_reset: bool = True  # reset an env when its episode ends, within the rollout
     ignore_terminations: bool = False  # True: run every episode to max_episode_steps
     use_rel_reward: bool = False  # reward once on first success instead of every success step
-    reward_coef: float = 1.0
-    seed: int = 0
+    reward_coef: float = 1.0  # scale of the env reward
+    seed: int = 0  # env seed
     group_size: int = 1  # envs sharing an initial state (GRPO)
     num_workers: int = 0  # worker processes for simulators that need one env per process
     image_size: int = 64  # rendered RGB side length
@@ -95,7 +95,7 @@ class EnvSplitConfig:
 
 @dataclass
 class EnvConfig:
-    group_name: str = "EnvGroup"
+    group_name: str = "EnvGroup"  # seed key, informational
     train: EnvSplitConfig = field(default_factory=EnvSplitConfig)
     eval: EnvSplitConfig = field(default_factory=EnvSplitConfig)
 
@@ -104,7 +104,7 @@ class EnvConfig:
 class RolloutConfig:
     pipeline_stage_num: int = 1  # split each env rank's envs into S groups, pipelined
     enable_offload: bool = False  # move rollout weights off the device while the actor trains
-    mode: str = "colocate"
+    mode: str = "colocate"  # seed key, informational: cluster.component_placement decides
 
 
 @dataclass
@@ -113,23 +113,32 @@ class OpenPIConfig:
 
     noise_level: float = 0.5  # flow_sde noise strength a
     noise_logvar_range: list = field(default_factory=lambda: [0.08, 0.16])  # flow_noise std bounds
+    # The next three repeat actor.model sizes (the seeds interpolate them); must be equal.
     action_chunk: int = "${actor.model.num_action_chunks}"  # type: ignore[assignment]
     num_steps: int = "${actor.model.num_steps}"  # type: ignore[assignment]
-    train_expert_only: bool = True
+    train_expert_only: bool = True  # freeze the VLM (PaliGemma); train the action expert
     action_env_dim: int = "${actor.model.action_dim}"  # type: ignore[assignment]
     noise_method: str = "flow_sde"  # flow_sde | flow_noise
-    add_value_head: bool = True
-    pi05: bool = False
-    value_after_vlm: bool = False
+    # Critic head on π0 (π0's builder reads this key); follows actor.model.add_value_head
+    # unless set. With algorithm.adv_type gae it must be True.
+    add_value_head: bool = "${actor.model.add_value_head}"  # type: ignore[assignment]
+    pi05: bool = False  # π0.5: adaRMS time conditioning, state in the prompt
+    value_after_vlm: bool = False  # critic on the VLM prefix output, else on the action expert's
     joint_logprob: bool = False  # flow_sde: False, flow_noise: True (seeds)
-    detach_critic_input: bool = False
+    detach_critic_input: bool = False  # no critic gradient into the shared trunk
     config_name: str = "pi0_tiny"  # model size preset (pi0, pi05, pi0_tiny, ...)
+    # Preset overrides (pirl/models/pi0/configuration.py); null keeps the preset's value.
+    max_token_len: Optional[int] = None  # prompt tokens (openpi: 48 for π0, 200 for π0.5)
+    discrete_state_input: Optional[bool] = None  # state as 256 bins in the prompt (π0.5)
+    paligemma: Optional[dict] = None  # GemmaSpec fields of the VLM, e.g. {depth: 4}
+    expert: Optional[dict] = None  # GemmaSpec fields of the action expert
+    vision: Optional[dict] = None  # SiglipSpec fields of the image encoder
 
 
 @dataclass
 class ModelConfig:
     model_type: str = "flow_mlp"  # flow_mlp | openpi
-    model_path: Optional[str] = None  # checkpoint directory to load
+    model_path: Optional[str] = None  # checkpoint directory to load; must exist when set
     action_dim: int = 2  # env action dims
     num_action_chunks: int = 4  # executed actions per chunk (C)
     action_horizon: int = "${actor.model.num_action_chunks}"  # type: ignore[assignment]  # model H >= C
@@ -138,10 +147,10 @@ class ModelConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     hidden_dim: int = 128  # flow_mlp width
     num_layers: int = 3  # flow_mlp depth
-    add_value_head: bool = True
-    is_lora: bool = False
+    add_value_head: bool = True  # critic head (PPO/GAE needs it; GRPO does not)
+    is_lora: bool = False  # LoRA on the VLM instead of full fine-tuning
     lora_rank: int = 8
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # not supported for π0 (seeds): keep False
     trainable: list = field(default_factory=list)  # regexes of trainable params; empty = all
     frozen: list = field(default_factory=list)  # regexes of frozen params (applied after)
     openpi: OpenPIConfig = field(default_factory=OpenPIConfig)
@@ -149,16 +158,16 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-4
+    lr: float = 3e-4  # policy learning rate
     value_lr: float = "${actor.optim.lr}"  # type: ignore[assignment]  # value-head learning rate
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
+    adam_beta1: float = 0.9  # in [0, 1)
+    adam_beta2: float = 0.999  # in [0, 1)
     adam_eps: float = 1e-8
-    weight_decay: float = 0.0
-    clip_grad: float = 1.0
+    weight_decay: float = 0.0  # AdamW decoupled decay
+    clip_grad: float = 1.0  # max global grad norm (DeepSpeed gradient_clipping)
     lr_scheduler: str = "constant"  # constant | cosine
-    lr_warmup_steps: int = 0
-    min_lr: float = 0.0
+    lr_warmup_steps: int = 0  # linear warmup, optimizer steps
+    min_lr: float = 0.0  # cosine floor
     total_training_steps: int = -1  # cosine horizon in optimizer steps; -1: derived
 
 
@@ -167,8 +176,9 @@ class ActorConfig:
     micro_batch_size: int = 32  # samples per rank per forward/backward
     global_batch_size: int = 64  # samples per optimizer step, all ranks
     seed: int = "${runner.seed}"  # type: ignore[assignment]
-    enable_offload: bool = False
-    ds_config: str = "ds_configs/zero3.json"  # DeepSpeed JSON merged with the run's values
+    enable_offload: bool = False  # move actor weights/optimizer off the device during rollout
+    # DeepSpeed JSON merged with the run's values; relative: cwd, then the repo root
+    ds_config: str = "ds_configs/zero3.json"
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 

@@ -21,7 +21,13 @@ COMPONENTS = ("env", "rollout", "actor")
 
 
 class PlacementError(ValueError):
-    """A malformed or inconsistent `cluster.component_placement`."""
+    """A malformed or inconsistent `cluster.component_placement`; `key` is the placement
+    key at fault ("env", "env,rollout,actor") when there is one."""
+
+    def __init__(self, detail: str, key: str | None = None):
+        super().__init__(f"{key}: {detail}" if key else detail)
+        self.detail = detail
+        self.key = key
 
 
 def parse_ranks(spec: str | int, world_size: int) -> list[int]:
@@ -104,14 +110,14 @@ class Placement:
                     hint = difflib.get_close_matches(name, COMPONENTS, n=1)
                     did = f"; did you mean {hint[0]!r}?" if hint else ""
                     raise PlacementError(
-                        f"{key}: unknown component {name!r} (components: "
-                        f"{', '.join(COMPONENTS)}){did}")
+                        f"unknown component {name!r} (components: "
+                        f"{', '.join(COMPONENTS)}){did}", key=str(key))
                 if name in found:
-                    raise PlacementError(f"{key}: component {name!r} is placed twice")
+                    raise PlacementError(f"component {name!r} is placed twice", key=str(key))
             try:
                 ranks = tuple(parse_ranks(spec, world_size))
             except PlacementError as e:
-                raise PlacementError(f"{key}: {e}") from None
+                raise PlacementError(e.detail, key=str(key)) from None
             for name in names:
                 found[name] = ranks
         missing = [c for c in COMPONENTS if c not in found]

@@ -1,0 +1,325 @@
+"""Validation of a composed, resolved config: ranges, choices, cross-field consistency,
+placement, divisibility of the batch sizes and existing files. Runs before anything
+starts; the first problem found raises one `ConfigError` naming the key.
+
+Order of the checks (each stage assumes the previous passed): field ranges and choices
+-> model / algorithm consistency -> placement -> env and batch divisibility -> paths.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+import pirl
+from pirl.engine.placement import Placement, PlacementError, format_ranks
+
+# The directory holding train.py, configs/ and ds_configs/: relative paths in a config
+# are looked up in the working directory first, then here.
+REPO_ROOT = Path(pirl.__file__).resolve().parents[1]
+
+NOISE_METHODS = ("flow_sde", "flow_noise")
+LOGPROB_TYPES = ("chunk_level", "action_level", "token_level")  # pirl.flow.chain
+REWARD_TYPES = ("chunk_level", "action_level")
+ADV_TYPES = ("gae", "grpo")
+LOSS_TYPES = ("actor_critic", "actor")
+VALUE_LOSS_TYPES = ("huber", "mse")
+LOGGER_BACKENDS = ("tensorboard", "wandb", "swanlab")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULERS = ("constant", "cosine")
+MODEL_TYPES = ("flow_mlp", "openpi")
+# Simulators with an adapter in pirl.envs; add a name here with its adapter.
+SIMULATOR_TYPES = ("reach2d", "maniskill", "libero", "metaworld")
+TASK_TYPES = ("embodied",)
+RESUME_AUTO = "auto"
+
+
+class ConfigError(ValueError):
+    """An invalid experiment config; the message names the key (and file) at fault."""
+
+
+# ---------------------------------------------------------------------------- ranges
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+def _probability(v: Any) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+def _beta(v: Any) -> bool:
+    return 0.0 <= v < 1.0
+
+
+# (key, predicate, what the predicate demands); None values are skipped (Optional keys).
+_RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
+    *[(k, _positive, "a positive integer") for k in (
+        "cluster.num_nodes", "cluster.num_gpus_per_node",
+        "runner.max_epochs", "runner.keep_last_n",
+        "algorithm.rollout_epoch", "algorithm.update_epoch", "algorithm.group_size",
+        "env.train.total_num_envs", "env.train.max_episode_steps", "env.train.group_size",
+        "env.train.image_size", "env.eval.total_num_envs", "env.eval.max_episode_steps",
+        "env.eval.group_size", "env.eval.image_size",
+        "rollout.pipeline_stage_num", "video_cfg.fps",
+        "actor.micro_batch_size", "actor.global_batch_size",
+        "actor.model.action_dim", "actor.model.num_action_chunks", "actor.model.action_horizon",
+        "actor.model.action_model_dim", "actor.model.num_steps", "actor.model.hidden_dim",
+        "actor.model.num_layers", "actor.model.lora_rank",
+        "actor.model.openpi.action_chunk", "actor.model.openpi.num_steps",
+        "actor.model.openpi.action_env_dim",
+    )],
+    *[(k, _non_negative, "a non-negative integer") for k in (
+        "env.train.num_workers", "env.eval.num_workers", "actor.optim.lr_warmup_steps",
+    )],
+    *[(k, _positive, "> 0") for k in (
+        "algorithm.clip_ratio_low", "algorithm.clip_ratio_high", "algorithm.huber_delta",
+        "algorithm.value_clip", "algorithm.max_grad_norm", "actor.optim.lr",
+        "actor.optim.value_lr", "actor.optim.adam_eps", "actor.optim.clip_grad",
+    )],
+    *[(k, _non_negative, ">= 0") for k in (
+        "algorithm.value_loss_coef", "algorithm.entropy_bonus", "env.train.reward_coef",
+        "env.eval.reward_coef", "actor.optim.weight_decay", "actor.optim.min_lr",
+        "actor.model.openpi.noise_level",
+    )],
+    *[(k, _probability, "in [0, 1]") for k in (
+        "algorithm.gamma", "algorithm.gae_lambda", "algorithm.rewards_lower_bound",
+        "algorithm.rewards_upper_bound",
+    )],
+    *[(k, _beta, "in [0, 1)") for k in ("actor.optim.adam_beta1", "actor.optim.adam_beta2")],
+]
+
+_CHOICES: list[tuple[str, tuple[str, ...]]] = [
+    ("runner.task_type", TASK_TYPES),
+    ("runner.logger.wandb_mode", WANDB_MODES),
+    ("algorithm.adv_type", ADV_TYPES),
+    ("algorithm.loss_type", LOSS_TYPES),
+    ("algorithm.reward_type", REWARD_TYPES),
+    ("algorithm.logprob_type", LOGPROB_TYPES),
+    ("algorithm.value_loss_type", VALUE_LOSS_TYPES),
+    ("env.train.simulator_type", SIMULATOR_TYPES),
+    ("env.eval.simulator_type", SIMULATOR_TYPES),
+    ("actor.model.model_type", MODEL_TYPES),
+    ("actor.model.precision", PRECISIONS),
+    ("actor.model.openpi.noise_method", NOISE_METHODS),
+    ("actor.optim.lr_scheduler", LR_SCHEDULERS),
+]
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, throw_on_missing=True)
+
+
+def check_fields(cfg: DictConfig) -> None:
+    """Per-key ranges and choices."""
+    for key, ok, demand in _RANGES:
+        v = _get(cfg, key)
+        if v is not None and not ok(v):
+            raise ConfigError(f"{key}: {v!r} is not {demand}")
+    for key, choices in _CHOICES:
+        v = _get(cfg, key)
+        if v not in choices:
+            raise ConfigError(f"{key}: {v!r} is not one of {', '.join(choices)}")
+    backends = list(cfg.runner.logger.logger_backends)
+    for b in backends:
+        if b not in LOGGER_BACKENDS:
+            raise ConfigError(f"runner.logger.logger_backends: {b!r} is not one of "
+                              f"{', '.join(LOGGER_BACKENDS)}")
+    if len(set(backends)) != len(backends):
+        raise ConfigError(f"runner.logger.logger_backends: {backends} names a backend twice")
+    c = cfg.algorithm.clip_ratio_c
+    if c is not None and not c > 1.0:
+        raise ConfigError(f"algorithm.clip_ratio_c: {c!r} must be > 1 (dual clip) or null")
+    lo, hi = cfg.algorithm.rewards_lower_bound, cfg.algorithm.rewards_upper_bound
+    if lo > hi:
+        raise ConfigError(f"algorithm.rewards_lower_bound: {lo} is above "
+                          f"algorithm.rewards_upper_bound ({hi})")
+    rng = list(cfg.actor.model.openpi.noise_logvar_range)
+    if (len(rng) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                 for x in rng) or not 0 < rng[0] <= rng[1]):
+        raise ConfigError(f"actor.model.openpi.noise_logvar_range: {rng} must be two numbers "
+                          f"[low, high] with 0 < low <= high")
+    for key in ("actor.model.trainable", "actor.model.frozen"):
+        for pattern in _get(cfg, key):
+            try:
+                re.compile(str(pattern))
+            except re.error as e:
+                raise ConfigError(f"{key}: {pattern!r} is not a valid regex ({e})") from None
+
+
+# ------------------------------------------------------------------ consistency
+
+def check_model_and_algorithm(cfg: DictConfig) -> None:
+    m, op, alg = cfg.actor.model, cfg.actor.model.openpi, cfg.algorithm
+    if m.num_action_chunks > m.action_horizon:
+        raise ConfigError(f"actor.model.num_action_chunks: {m.num_action_chunks} executed "
+                          f"actions exceed actor.model.action_horizon ({m.action_horizon})")
+    if m.action_dim > m.action_model_dim:
+        raise ConfigError(f"actor.model.action_dim: {m.action_dim} env action dims exceed "
+                          f"actor.model.action_model_dim ({m.action_model_dim})")
+    # The openpi block repeats three model sizes (the seeds interpolate them); two values
+    # that disagree would make the env and the log-prob see different chunks.
+    for sub, top in (("action_chunk", "num_action_chunks"), ("num_steps", "num_steps"),
+                     ("action_env_dim", "action_dim")):
+        if op[sub] != m[top]:
+            raise ConfigError(
+                f"actor.model.openpi.{sub}: {op[sub]} differs from actor.model.{top} "
+                f"({m[top]}); leave it as ${{actor.model.{top}}}")
+    if alg.adv_type == "gae" and (alg.loss_type != "actor_critic" or not m.add_value_head):
+        raise ConfigError(
+            f"algorithm.adv_type: gae needs a critic: set algorithm.loss_type: actor_critic "
+            f"(is {alg.loss_type}) and actor.model.add_value_head: True "
+            f"(is {m.add_value_head})")
+    if alg.adv_type == "gae" and m.model_type == "openpi" and not op.add_value_head:
+        raise ConfigError(
+            "actor.model.openpi.add_value_head: False, but algorithm.adv_type gae needs the "
+            "critic and π0 reads this key; remove it (it follows actor.model.add_value_head)")
+    if alg.adv_type == "grpo":
+        if alg.group_size < 2:
+            raise ConfigError(f"algorithm.group_size: {alg.group_size}; GRPO compares "
+                              f"episodes within a group and needs >= 2")
+        n = cfg.env.train.total_num_envs
+        if n % alg.group_size:
+            raise ConfigError(f"env.train.total_num_envs: {n} is not a multiple of "
+                              f"algorithm.group_size ({alg.group_size})")
+        if cfg.env.train.group_size != alg.group_size:
+            raise ConfigError(f"env.train.group_size: {cfg.env.train.group_size} differs from "
+                              f"algorithm.group_size ({alg.group_size}); set it to "
+                              f"${{algorithm.group_size}}")
+    for split in ("train", "eval"):
+        e = cfg.env[split]
+        if e.max_episode_steps % m.num_action_chunks:
+            raise ConfigError(
+                f"env.{split}.max_episode_steps: {e.max_episode_steps} is not a multiple of "
+                f"actor.model.num_action_chunks ({m.num_action_chunks})")
+
+
+def eval_enabled(cfg: DictConfig) -> bool:
+    return cfg.runner.val_check_interval > 0 or bool(cfg.runner.eval_before_train)
+
+
+# ------------------------------------------------------------------ layout
+
+def placement_of(cfg: DictConfig, world_size: int) -> Placement:
+    """`cluster.component_placement` for `world_size` ranks; errors name the key."""
+    raw = OmegaConf.to_container(cfg.cluster.component_placement, resolve=True)
+    try:
+        p = Placement.from_config(raw, world_size)
+    except PlacementError as e:
+        key = "cluster.component_placement" + (f".{e.key}" if e.key else "")
+        hint = ""
+        if "placed twice" in e.detail:
+            hint = ("; an override replaces the placement only when given whole, e.g. "
+                    "cluster.component_placement='{env: 0-3, rollout: 4-7, actor: 0-7}'")
+        size = "" if "world size" in e.detail else f" (world size {world_size})"
+        raise ConfigError(f"{key}: {e.detail}{size}{hint}") from None
+    if p.idle_ranks:
+        raise ConfigError(
+            f"cluster.component_placement: ranks {format_ranks(p.idle_ranks)} of the world "
+            f"size {world_size} run no component; place them or launch fewer ranks")
+    return p
+
+
+def samples_per_rollout(cfg: DictConfig) -> int:
+    """RL samples (chunk steps of one env) collected per training iteration."""
+    e = cfg.env.train
+    return (e.total_num_envs * cfg.algorithm.rollout_epoch
+            * (e.max_episode_steps // cfg.actor.model.num_action_chunks))
+
+
+def check_layout(cfg: DictConfig, world_size: int) -> Placement:
+    """Everything that depends on the world size: placement, env split, batch split."""
+    p = placement_of(cfg, world_size)
+    stages = cfg.rollout.pipeline_stage_num
+    env_ranks, rollout_ranks, actor_ranks = (len(p.ranks(c)) for c in ("env", "rollout", "actor"))
+    splits = ["train"] + (["eval"] if eval_enabled(cfg) else [])
+    for split in splits:
+        n = cfg.env[split].total_num_envs
+        for what, ranks in (("env", env_ranks), ("rollout", rollout_ranks)):
+            if n % (ranks * stages):
+                raise ConfigError(
+                    f"env.{split}.total_num_envs: {n} is not a multiple of {what} ranks "
+                    f"({ranks}) x rollout.pipeline_stage_num ({stages})")
+        g = cfg.env[split].group_size
+        per_stage = n // (env_ranks * stages)
+        if per_stage % g:
+            raise ConfigError(
+                f"env.{split}.total_num_envs: {n} envs give {per_stage} per env rank and "
+                f"pipeline stage, not a multiple of env.{split}.group_size ({g}); a group "
+                f"must not straddle ranks or stages")
+    mb, gb = cfg.actor.micro_batch_size, cfg.actor.global_batch_size
+    if gb % (mb * actor_ranks):
+        raise ConfigError(
+            f"actor.global_batch_size: {gb} is not a multiple of actor.micro_batch_size "
+            f"({mb}) x actor ranks ({actor_ranks})")
+    n = samples_per_rollout(cfg)
+    if n % gb:
+        e = cfg.env.train
+        raise ConfigError(
+            f"actor.global_batch_size: {gb} does not divide the samples per rollout {n} "
+            f"(env.train.total_num_envs {e.total_num_envs} x algorithm.rollout_epoch "
+            f"{cfg.algorithm.rollout_epoch} x env.train.max_episode_steps "
+            f"{e.max_episode_steps} / actor.model.num_action_chunks "
+            f"{cfg.actor.model.num_action_chunks})")
+    return p
+
+
+# ------------------------------------------------------------------ paths
+
+def find_path(value: str) -> Path | None:
+    """An existing file or dir for `value`: absolute as is; relative against the working
+    directory, then the repo root. None when neither exists."""
+    p = Path(value).expanduser()
+    candidates = [p] if p.is_absolute() else [Path.cwd() / p, REPO_ROOT / p]
+    for c in candidates:
+        if c.exists():
+            return c.resolve()
+    return None
+
+
+def _require_path(cfg: DictConfig, key: str, what: str) -> Path:
+    value = _get(cfg, key)
+    found = find_path(str(value))
+    if found is None:
+        where = "" if Path(value).is_absolute() else f" (looked in {Path.cwd()} and {REPO_ROOT})"
+        raise ConfigError(f"{key}: {what} {value!r} does not exist{where}")
+    return found
+
+
+def check_paths(cfg: DictConfig) -> dict[str, Path]:
+    """Files the run will open. Returns key -> absolute path for those that are set."""
+    found: dict[str, Path] = {}
+    if cfg.actor.model.model_path is not None:
+        found["actor.model.model_path"] = _require_path(cfg, "actor.model.model_path",
+                                                        "checkpoint")
+    resume = cfg.runner.resume_dir
+    if resume is not None and resume != RESUME_AUTO:
+        found["runner.resume_dir"] = _require_path(cfg, "runner.resume_dir",
+                                                   "checkpoint directory")
+    ds = _require_path(cfg, "actor.ds_config", "DeepSpeed config")
+    try:
+        parsed = json.loads(ds.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as e:
+        raise ConfigError(f"actor.ds_config: {ds} is not a JSON file ({e})") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"actor.ds_config: {ds} must hold a JSON object, got "
+                          f"{type(parsed).__name__}")
+    found["actor.ds_config"] = ds
+    return found
+
+
+def validate(cfg: DictConfig, world_size: int) -> Placement:
+    """All checks, for a job of `world_size` ranks; returns the placement."""
+    check_fields(cfg)
+    check_model_and_algorithm(cfg)
+    placement = check_layout(cfg, world_size)
+    check_paths(cfg)
+    return placement
