@@ -151,5 +151,21 @@ class Reach2DEnv:
         img[d < max(0.06, 1.5 * 2 / S)] = AGENT_RGB
         return img
 
+    # ---- checkpointing: a resumed run continues the same episodes ---------------------------
+    def state_dict(self) -> dict:
+        keys = ("pos", "targets", "goal", "elapsed", "ret", "succeeded", "active")
+        return {k: getattr(self, k).clone() for k in keys} | {
+            "generator": self.generator.get_state(), "group_size": self.group_size}
+
+    def load_state_dict(self, state: dict) -> Obs:
+        for k, v in state.items():
+            if k == "generator":
+                self.generator.set_state(v)
+            elif k == "group_size":
+                self.group_size = v
+            else:
+                setattr(self, k, v.clone())
+        return self._obs()
+
     def close(self) -> None:
         pass

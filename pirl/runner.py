@@ -1,0 +1,359 @@
+"""The training loop (DESIGN.md "The job, as data flows"), colocated placement.
+
+One iteration: `algorithm.rollout_epoch` x (max_episode_steps / num_action_chunks)
+chunk steps of every env with the rollout replica, then advantages (GAE or GRPO), then
+`algorithm.update_epoch` passes of shuffled minibatches through the DeepSpeed actor,
+then the actor's weights go to the rollout replica. One RL sample = one chunk step of
+one env. Every rank runs its own env shard, rollout replica and actor partition.
+"""
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pirl import algos
+from pirl.checkpoint import CheckpointManager
+from pirl.engine.dist import DistInfo, all_reduce_sum
+from pirl.engine.placement import Placement
+from pirl.envs import make_env
+from pirl.flow import reduce_logprob
+from pirl.logging import MetricLogger, format_summary
+from pirl.models import build_policy
+from pirl.models.policy import ChunkSample, FlowPolicy
+
+
+@dataclass
+class RolloutBatch:
+    """One rank's rollout, time-major; N = T x B samples once flattened."""
+
+    forward_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # each (T, B, ...)
+    chains: torch.Tensor | None = None  # (T, B, K+1, H, D)
+    step_mask: torch.Tensor | None = None  # (T, B, K) bool
+    logprob: torch.Tensor | None = None  # (T, B, C, D_env) element log-probs at sampling
+    values: torch.Tensor | None = None  # (T, B)
+    rewards: torch.Tensor | None = None  # (T, B) chunk rewards
+    dones: torch.Tensor | None = None  # (T, B) bool, episode ended in this chunk
+    truncations: torch.Tensor | None = None  # (T, B) bool, ended by time, not by a terminal state
+    final_values: torch.Tensor | None = None  # (T, B) V(last obs) of truncated episodes
+    mask: torch.Tensor | None = None  # (T, B) bool, trainable samples
+    success: torch.Tensor | None = None  # (B,) success_once of the env's (first) episode
+    last_values: torch.Tensor | None = None  # (B,) V(obs after the last chunk step)
+
+
+def _stack(items: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(items, dim=0)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class Runner:
+    def __init__(self, cfg, dist: DistInfo):
+        self.cfg, self.dist = cfg, dist
+        self.placement = Placement.from_config(dict(cfg.cluster.component_placement), dist.world_size)
+        if not self.placement.is_colocated:
+            raise NotImplementedError(
+                "cluster.component_placement: only the colocated placement (env,rollout,actor: all) runs "
+                "in this version; disjoint env/rollout/actor ranks need the distributed engine")
+        self.logger = MetricLogger(cfg, dist.rank)
+        model_cfg, algo = cfg.actor.model, cfg.algorithm
+        self.chunk = int(model_cfg.num_action_chunks)
+        self.n_chunks = int(cfg.env.train.max_episode_steps) // self.chunk
+        self.stages = int(cfg.rollout.pipeline_stage_num)
+        envs_per_rank = int(cfg.env.train.total_num_envs) // dist.world_size
+        eval_per_rank = int(cfg.env.eval.total_num_envs) // dist.world_size
+        # Each pipeline stage owns its own envs; stages run one after another here (the
+        # overlap of simulation and inference needs env and rollout on different ranks).
+        self.envs = [make_env(cfg.env.train, envs_per_rank // self.stages,
+                              seed=int(cfg.env.train.seed) + 1000 * (dist.rank * self.stages + s),
+                              rank=dist.rank) for s in range(self.stages)]
+        self.eval_env = make_env(cfg.env.eval, eval_per_rank, seed=int(cfg.env.eval.seed) + 1000 * dist.rank,
+                                 rank=dist.rank)
+        # The same seed on every rank: ZeRO-3 partitions each rank's own initial tensors.
+        _seed_everything(int(cfg.runner.seed))
+        policy = build_policy(model_cfg, state_dim=self.envs[0].state_dim).to(dist.device)
+        self.rollout_policy: FlowPolicy = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.samples_per_rank = int(algo.rollout_epoch) * self.n_chunks * envs_per_rank
+        per_step = int(cfg.actor.global_batch_size) // dist.world_size
+        self.steps_per_iter = self.samples_per_rank // per_step * int(algo.update_epoch)
+        total_steps = int(cfg.actor.optim.total_training_steps)
+        if total_steps <= 0:
+            total_steps = self.steps_per_iter * int(cfg.runner.max_epochs)
+        from pirl.engine.actor import ActorEngine
+
+        self.actor = ActorEngine(policy, cfg.actor, dist.world_size, total_steps)
+        self.actor.copy_weights_to(self.rollout_policy)
+        # Per-rank randomness: rollout noise and minibatch shuffling.
+        self.gen = torch.Generator().manual_seed(int(cfg.runner.seed) * 7919 + dist.rank)
+        self.iteration = 0
+        self.global_step = 0
+        self.obs: list | None = None
+        self.ckpt = CheckpointManager(cfg, dist)
+
+    # ---- rollout ------------------------------------------------------------------------
+    def _reset_seed(self, stage: int, epoch: int) -> int:
+        return int(self.cfg.env.train.seed) + 100_003 * (self.iteration * 64 + epoch) + 1009 * (
+            self.dist.rank * self.stages + stage)
+
+    @torch.no_grad()
+    def _final_values(self, obs, infos, trunc: torch.Tensor) -> torch.Tensor:
+        """V of the truncated episodes' last observations (B,), 0 elsewhere."""
+        if not bool(trunc.any()):
+            return torch.zeros(trunc.shape[0])
+        last = infos.get("final_obs", obs)
+        v = self.rollout_policy.value(self.rollout_policy.preprocess(last)).float().cpu()
+        return torch.where(trunc, v, torch.zeros_like(v))
+
+    @torch.no_grad()
+    def rollout(self) -> tuple[RolloutBatch, dict[str, float]]:
+        split = self.cfg.env.train
+        algo = self.cfg.algorithm
+        group = int(split.group_size)
+        per_epoch: list[RolloutBatch] = []
+        ep_stats = {k: [] for k in ("success_once", "episode_len", "return")}
+        for epoch in range(int(algo.rollout_epoch)):
+            if self.obs is None or not bool(split.auto_reset):
+                self.obs = [env.reset(seed=self._reset_seed(s, epoch), group_size=group)
+                            for s, env in enumerate(self.envs)]
+            stage_batches = []
+            for s, env in enumerate(self.envs):
+                rec: dict[str, list] = {k: [] for k in ("fi", "chains", "mask", "lp", "v", "r", "d", "tr", "fv", "valid")}
+                first_success = torch.full((env.num_envs,), float("nan"))
+                for _ in range(self.n_chunks):
+                    fi = self.rollout_policy.preprocess(self.obs[s])
+                    out: ChunkSample = self.rollout_policy.sample(fi, "train", self.gen)
+                    obs, rew, term, trunc, infos = env.chunk_step(out.actions.cpu())
+                    done = infos["done"]
+                    truncated = trunc.any(dim=1) & ~term.any(dim=1)
+                    rec["fi"].append({k: v.cpu() for k, v in fi.items()})
+                    rec["chains"].append(out.chains.cpu())
+                    rec["mask"].append(out.step_mask.cpu())
+                    rec["lp"].append(out.logprob.cpu())
+                    rec["v"].append(out.values.float().cpu())
+                    rec["r"].append(algos.chunk_rewards(rew[None], 1.0)[0])
+                    rec["d"].append(done)
+                    rec["tr"].append(truncated)
+                    rec["fv"].append(self._final_values(obs, infos, truncated))
+                    rec["valid"].append(infos.get("valid", torch.ones(env.num_envs, dtype=torch.bool)))
+                    for k in ep_stats:
+                        ep_stats[k].append(infos["episode"][k][done])
+                    newly = done & torch.isnan(first_success)
+                    first_success[newly] = infos["episode"]["success_once"][newly]
+                    self.obs[s] = obs
+                dones = _stack(rec["d"])
+                mask = _stack(rec["valid"])
+                if not bool(split.auto_reset):
+                    mask &= algos.loss_mask_after_done(dones)
+                stage_batches.append(RolloutBatch(
+                    forward_inputs={k: _stack([f[k] for f in rec["fi"]]) for k in rec["fi"][0]},
+                    chains=_stack(rec["chains"]), step_mask=_stack(rec["mask"]), logprob=_stack(rec["lp"]),
+                    values=_stack(rec["v"]), rewards=_stack(rec["r"]), dones=dones,
+                    truncations=_stack(rec["tr"]), final_values=_stack(rec["fv"]), mask=mask,
+                    success=torch.nan_to_num(first_success, nan=0.0),
+                    last_values=self.rollout_policy.value(self.rollout_policy.preprocess(self.obs[s])).float().cpu(),
+                ))
+            per_epoch.append(_cat_envs(stage_batches))
+        env_metrics = self._episode_metrics(ep_stats)
+        return _cat_envs(per_epoch), env_metrics
+
+    def _episode_metrics(self, stats: dict[str, list]) -> dict[str, float]:
+        out = {}
+        for k, parts in stats.items():
+            vals = torch.cat(parts) if parts else torch.zeros(0)
+            tot = all_reduce_sum(torch.tensor([vals.sum().item(), float(vals.numel())], dtype=torch.float64))
+            out[f"env/{k}"] = (tot[0] / tot[1]).item() if tot[1] > 0 else float("nan")
+        return out
+
+    # ---- advantages ---------------------------------------------------------------------
+    def compute_advantages(self, b: RolloutBatch) -> dict[str, float]:
+        algo = self.cfg.algorithm
+        if algo.adv_type == "gae":
+            adv, ret = algos.compute_gae(b.rewards, b.values, b.dones, b.last_values, float(algo.gamma),
+                                         float(algo.gae_lambda), b.truncations, b.final_values)
+        else:
+            adv, keep = algos.compute_grpo_advantages(b.rewards, b.mask, int(algo.group_size))
+            b.mask = b.mask & keep[None]
+            if bool(algo.filter_rewards):
+                keep = algos.filter_groups(b.success, int(algo.group_size), float(algo.rewards_lower_bound),
+                                           float(algo.rewards_upper_bound))
+                b.mask = b.mask & keep[None]
+            ret = adv.clone()
+        valid = b.mask.float()
+        stats = all_reduce_sum(torch.tensor([(adv * valid).sum().item(), (adv**2 * valid).sum().item(),
+                                             (ret * valid).sum().item(), valid.sum().item()], dtype=torch.float64))
+        n = max(stats[3].item(), 1.0)
+        mean = stats[0].item() / n
+        metrics = {"rollout/advantages_mean": mean, "rollout/returns_mean": stats[2].item() / n,
+                   "rollout/valid_fraction": stats[3].item() / max(1.0, float(all_reduce_sum(torch.tensor([float(valid.numel())]))[0]))}
+        if bool(algo.normalize_advantages) and algo.adv_type == "gae":
+            # Normalized over the valid entries of all ranks, so the result does not depend on
+            # how the envs are split across ranks.
+            std = max(stats[1].item() / n - mean**2, 0.0) ** 0.5
+            adv = torch.where(b.mask, (adv - mean) / (std + 1e-8), torch.zeros_like(adv))
+        b.advantages, b.returns = adv, ret  # type: ignore[attr-defined]
+        return metrics
+
+    # ---- update -------------------------------------------------------------------------
+    def _loss_fn(self, engine, mb: dict) -> tuple[torch.Tensor, dict]:
+        algo = self.cfg.algorithm
+        ev = engine(mb["forward_inputs"], mb["chains"], mb["step_mask"])
+        lp = reduce_logprob(ev.logprob, algo.logprob_type)
+        old = reduce_logprob(mb["logprob"], algo.logprob_type)
+        critic = algo.loss_type == "actor_critic"
+        return algos.ppo_loss(
+            lp, old, mb["advantages"], mb["mask"], entropy=ev.entropy,
+            values=ev.values if critic else None, old_values=mb["values"] if critic else None,
+            returns=mb["returns"] if critic else None, **algos.loss_kwargs(algo))
+
+    def update(self, b: RolloutBatch) -> dict[str, float]:
+        device = self.dist.device
+        flat = {
+            "forward_inputs": {k: v.flatten(0, 1) for k, v in b.forward_inputs.items()},
+            "chains": b.chains.flatten(0, 1), "step_mask": b.step_mask.flatten(0, 1),
+            "logprob": b.logprob.flatten(0, 1), "values": b.values.flatten(0, 1),
+            "advantages": b.advantages.flatten(0, 1), "returns": b.returns.flatten(0, 1),  # type: ignore[attr-defined]
+            "mask": b.mask.flatten(0, 1),
+        }
+        n = flat["chains"].shape[0]
+        micro = int(self.cfg.actor.micro_batch_size)
+        ga = self.actor.grad_accum
+        per_step = micro * ga
+        totals: dict[str, float] = {}
+        count = 0
+        bar = tqdm(total=self.steps_per_iter, desc=f"iter {self.iteration}", leave=False,
+                   disable=not self.logger.active, dynamic_ncols=True)
+        for _ in range(int(self.cfg.algorithm.update_epoch)):
+            perm = torch.randperm(n, generator=self.gen)
+            for start in range(0, n - per_step + 1, per_step):
+                idx = perm[start:start + per_step]
+                mbs = [_take(flat, idx[i * micro:(i + 1) * micro], device) for i in range(ga)]
+                m = self.actor.train_step(mbs, self._loss_fn)
+                self.global_step += 1
+                count += 1
+                for k, v in m.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                bar.update(1)
+                bar.set_postfix(loss=f"{m.get('actor/loss', float('nan')):.3g}")
+        bar.close()
+        out = {k: v / max(count, 1) for k, v in totals.items()}
+        out["actor/skipped_steps"] = float(self.actor.skipped_steps)
+        return out
+
+    # ---- eval ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Deterministic ODE sampling, one episode per eval env; success of that episode."""
+        env = self.eval_env
+        obs = env.reset(seed=int(self.cfg.env.eval.seed) + 7 * self.dist.rank, group_size=1)
+        n_chunks = int(self.cfg.env.eval.max_episode_steps) // self.chunk
+        success = torch.full((env.num_envs,), float("nan"))
+        length = torch.zeros(env.num_envs)
+        for _ in range(n_chunks):
+            out = self.rollout_policy.sample(self.rollout_policy.preprocess(obs), "eval")
+            obs, _, _, _, infos = env.chunk_step(out.actions.cpu())
+            newly = infos["done"] & torch.isnan(success)
+            success[newly] = infos["episode"]["success_once"][newly]
+            length[newly] = infos["episode"]["episode_len"][newly]
+        ended = ~torch.isnan(success)
+        tot = all_reduce_sum(torch.tensor([success[ended].sum().item(), float(env.num_envs),
+                                           length[ended].sum().item(), ended.sum().item()], dtype=torch.float64))
+        return {"eval/success_once": tot[0].item() / tot[1].item(),
+                "eval/episode_len": tot[2].item() / max(tot[3].item(), 1.0)}
+
+    # ---- the loop -----------------------------------------------------------------------
+    def run(self) -> dict[str, float]:
+        cfg = self.cfg.runner
+        if self.ckpt.resume_path() is not None:
+            self.load(self.ckpt.resume_path())
+        results: dict[str, float] = {}
+        if bool(cfg.eval_before_train) and self.iteration == 0:
+            results["success_before"] = self.evaluate()["eval/success_once"]
+            self.logger.info(f"eval before training: success {results['success_before']:.3f}")
+            self.logger.log({"eval/success_once": results["success_before"]}, 0)
+        max_steps = int(cfg.max_steps)
+        while self.iteration < int(cfg.max_epochs) and (max_steps < 0 or self.global_step < max_steps):
+            t0 = time.perf_counter()
+            if bool(self.cfg.actor.enable_offload):
+                self.actor.offload()
+            batch, metrics = self.rollout()
+            if bool(self.cfg.actor.enable_offload):
+                self.actor.onload()
+            t1 = time.perf_counter()
+            metrics.update(self.compute_advantages(batch))
+            metrics.update(self.update(batch))
+            self.actor.copy_weights_to(self.rollout_policy)
+            t2 = time.perf_counter()
+            self.iteration += 1
+            metrics.update({"time/rollout": t1 - t0, "time/update": t2 - t1, "time/iteration": t2 - t0})
+            interval = int(cfg.val_check_interval)
+            if interval > 0 and self.iteration % interval == 0:
+                metrics.update(self.evaluate())
+            self.logger.log(metrics, self.iteration)
+            self.logger.info(format_summary(self.iteration, metrics))
+            if int(cfg.save_interval) > 0 and self.iteration % int(cfg.save_interval) == 0:
+                self.save()
+        results["success_after"] = self.evaluate()["eval/success_once"]
+        self.logger.log({"eval/success_once": results["success_after"]}, self.iteration)
+        if "success_before" in results:
+            self.logger.info(f"success before: {results['success_before']:.3f}  after: {results['success_after']:.3f}")
+        else:
+            self.logger.info(f"success after: {results['success_after']:.3f}")
+        self.logger.close()
+        return results
+
+    # ---- checkpoint / resume ------------------------------------------------------------------
+    def _runner_state(self) -> dict:
+        return {
+            "iteration": self.iteration, "global_step": self.global_step,
+            "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+            "envs": [env.state_dict() if hasattr(env, "state_dict") else None for env in self.envs],
+            "has_obs": self.obs is not None,
+        }
+
+    def save(self) -> None:
+        self.ckpt.save(self.iteration, self.actor, self._runner_state())
+
+    def load(self, path) -> None:
+        state = self.ckpt.load(path, self.actor)
+        self.iteration, self.global_step = state["iteration"], state["global_step"]
+        self.gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        self.obs = None
+        if state["has_obs"] and all(s is not None for s in state["envs"]):
+            self.obs = [env.load_state_dict(s) for env, s in zip(self.envs, state["envs"])]
+        self.actor.copy_weights_to(self.rollout_policy)
+        self.logger.info(f"resumed from {path} at iteration {self.iteration}")
+
+
+def _cat_envs(parts: list[RolloutBatch]) -> RolloutBatch:
+    """Join rollouts of env groups (stages) along B, or of rollout epochs along T x B by
+    treating each epoch's envs as further envs (their episodes are independent)."""
+    if len(parts) == 1:
+        return parts[0]
+    cat = lambda xs, dim: torch.cat(xs, dim=dim)  # noqa: E731
+    out = RolloutBatch(forward_inputs={k: cat([p.forward_inputs[k] for p in parts], 1) for k in parts[0].forward_inputs})
+    for name in ("chains", "step_mask", "logprob", "values", "rewards", "dones", "truncations", "final_values", "mask"):
+        setattr(out, name, cat([getattr(p, name) for p in parts], 1))
+    out.success = cat([p.success for p in parts], 0)
+    out.last_values = cat([p.last_values for p in parts], 0)
+    return out
+
+
+def _take(flat: dict, idx: torch.Tensor, device) -> dict:
+    """Rows `idx` of every flat (N, ...) tensor, moved to the training device."""
+    out = {}
+    for k, v in flat.items():
+        out[k] = {kk: vv[idx].to(device) for kk, vv in v.items()} if isinstance(v, dict) else v[idx].to(device)
+    return out
