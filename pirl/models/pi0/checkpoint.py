@@ -7,8 +7,9 @@ in one error) before a single tensor is copied, so a failed load leaves the mode
 Formats (a directory):
     pirl    model.safetensors + pirl_config.json (Pi0Config) + norm_stats.json
     openpi  model.safetensors + config.json + assets/<asset_id>/norm_stats.json
-            (openpi's `paligemma_with_expert.*` names; the tied PaliGemma embedding may be
-            stored only as `paligemma.lm_head.weight`; transformers<4.52 layout accepted)
+            (openpi's `paligemma_with_expert.*` names of transformers 4.53, SigLIP under
+            `vision_tower.vision_model.`; the tied PaliGemma embedding may be stored only as
+            `paligemma.lm_head.weight`; the transformers<4.52 layout is accepted too)
     lerobot model.safetensors + config.json with "type": "pi0" | "pi05"; names prefixed `model.`
 The format is read from the files present, never guessed from the path string.
 """
@@ -42,13 +43,24 @@ PIRL_ONLY = re.compile(r"^(value_head|noise_head)\.")
 # Present in some exports, unused by the policy: dropped by name, never silently by pattern.
 IGNORED = {"paligemma_with_expert.gemma_expert.lm_head.weight",
            "paligemma_with_expert.gemma_expert.model.embed_tokens.weight"}
-# transformers < 4.52 PaliGemma layout -> current (openpi checkpoints converted before it).
-LEGACY_RENAMES = (
+# openpi / lerobot (transformers 4.5x) name -> pirl (transformers 5) name. transformers 5
+# builds the SigLIP tower without the `vision_model.` level; first-match wins, in order.
+OPENPI_TO_PIRL = (
+    (PG + "model.vision_tower.vision_model.", PG + "model.vision_tower."),
+    # transformers < 4.52 PaliGemma layout (openpi checkpoints converted before it)
     (PG + "language_model.model.", PG + "model.language_model."),
     (PG + "language_model.lm_head.", PG + "lm_head."),
-    (PG + "vision_tower.", PG + "model.vision_tower."),
+    (PG + "vision_tower.vision_model.", PG + "model.vision_tower."),
     (PG + "multi_modal_projector.", PG + "model.multi_modal_projector."),
 )
+PIRL_TO_OPENPI = ((PG + "model.vision_tower.", PG + "model.vision_tower.vision_model."),)
+
+
+def _rename(key: str, rules) -> str:
+    for old, new in rules:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
 
 
 class CheckpointError(ValueError):
@@ -108,9 +120,9 @@ def map_keys(tensors: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tens
                 raise CheckpointError(f"lerobot checkpoint key {k!r} lacks the 'model.' prefix")
             k = k[len("model."):]
         if fmt in (OPENPI, LEROBOT):
-            for old, new in LEGACY_RENAMES:
-                if k.startswith(old):
-                    k = new + k[len(old):]
+            k = _rename(k, OPENPI_TO_PIRL)
+        if k in out:
+            raise CheckpointError(f"checkpoint has two tensors for {k!r} (after renaming)")
         out[k] = v
     # Tied embedding: PaliGemma's lm_head is the token embedding. Use it when the embedding
     # itself was not saved; the model keeps one tensor for both.
@@ -209,6 +221,7 @@ def export_openpi(model: Pi0Model, path: str | Path, norm_stats: dict[str, NormS
     state = dict(tensors if tensors is not None else model_tensors(model))
     state = {k: v for k, v in state.items() if not PIRL_ONLY.match(k)}
     state[LM_HEAD] = state.pop(EMBED)
+    state = {_rename(k, PIRL_TO_OPENPI): v for k, v in state.items()}
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path / WEIGHTS))
     cfg = model.cfg
     meta = {

@@ -16,7 +16,7 @@ PG = r"paligemma_with_expert\.paligemma\.model\."
 TOWER_PATTERNS = {
     "vlm": PG + r"language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)",
     "expert": r"paligemma_with_expert\.gemma_expert\.model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)",
-    "vision": PG + r"vision_tower\.vision_model\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])",
+    "vision": PG + r"vision_tower\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])",
 }
 TOWER_PREFIX = {
     "vlm": "paligemma_with_expert.paligemma.model.language_model.",
