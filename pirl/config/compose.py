@@ -38,6 +38,7 @@ and `experiment_name` map one to one. It warns with the new spelling.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import re
@@ -409,7 +410,7 @@ def compose(config_name: str, config_path: str | Path | None = None,
 def _merge(cfg: DictConfig, data: dict, where: str, whole: bool) -> None:
     """Merge `data` into `cfg` in place; REPLACED_ON_MERGE nodes are replaced when the
     source gives them whole."""
-    data = OmegaConf.to_container(OmegaConf.create(data))  # deep copy
+    data = copy.deepcopy(data)  # REPLACED_ON_MERGE nodes are popped below
     for key in REPLACED_ON_MERGE:
         parent_keys, last = key.split(".")[:-1], key.split(".")[-1]
         parent = data
@@ -435,7 +436,31 @@ def _from_omegaconf(e: OmegaConfBaseException, where: str) -> ConfigError:
 
 def resolve(cfg: DictConfig) -> None:
     """Resolve `${...}` in place; typed keys are converted and checked by omegaconf."""
-    _wrap(lambda: OmegaConf.resolve(cfg), "while resolving ${...} interpolations")
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        key, err = _first_unresolvable(cfg, "")
+        if key is None:  # not found by the walk: report what omegaconf said
+            raise _from_omegaconf(e, "while resolving ${...}") from None
+        msg = str(getattr(err, "msg", None) or err).splitlines()[0]
+        raise ConfigError(f"{key}: {msg}") from None
+
+
+def _first_unresolvable(node, prefix: str) -> tuple[str | None, Exception | None]:
+    """(dotted key, error) of the first value whose interpolation fails (omegaconf's
+    key-not-found error does not say which key held the `${...}`)."""
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for k in keys:
+        path = f"{prefix}{k}" if isinstance(node, DictConfig) else f"{prefix[:-1]}[{k}]"
+        try:
+            value = node[k]
+        except OmegaConfBaseException as e:
+            return path, e
+        if OmegaConf.is_config(value):
+            found = _first_unresolvable(value, path + ".")
+            if found[0] is not None:
+                return found
+    return None, None
 
 
 def load_config(config_name: str, config_path: str | None = None,

@@ -81,8 +81,8 @@ _ROWS = [
 
 
 def _cell(sizes: dict[str, Any], key: str) -> str:
-    if "error" in sizes:
-        return "-"
+    if "error" in sizes:  # the layout does not fit this world: only its size is known
+        return str(sizes["world_size"]) if key == "world_size" else "-"
     head, _, tail = key.partition(".")
     v = sizes[head][tail] if tail else sizes[head]
     if tail:  # a rank set: "0-3 (4)"

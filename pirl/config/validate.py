@@ -216,6 +216,9 @@ def placement_of(cfg: DictConfig, world_size: int) -> Placement:
     except PlacementError as e:
         key = "cluster.component_placement" + (f".{e.key}" if e.key else "")
         hint = ""
+        if e.key is not None and raw.get(e.key, "") is None:
+            hint = ("; in a YAML flow mapping quote joined keys, {'env,rollout,actor': all}: "
+                    "unquoted, the commas separate keys")
         if "placed twice" in e.detail:
             hint = ("; an override replaces the placement only when given whole, e.g. "
                     "cluster.component_placement='{env: 0-3, rollout: 4-7, actor: 0-7}'")
