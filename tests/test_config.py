@@ -630,7 +630,9 @@ def test_derived_sizes_quickstart_on_4_ranks(load):
 def test_derived_sizes_match_enumeration_on_random_layouts(ds_json):
     rng = random.Random(1234)
     checked = 0
-    for _ in range(15):
+    for _ in range(100):
+        if checked == 12:
+            break
         world = rng.choice([1, 2, 3, 4, 6, 8, 12, 16])
         split = rng.randint(1, world - 1) if world > 1 and rng.random() < 0.6 else None
         if split is None:
@@ -664,7 +666,7 @@ def test_derived_sizes_match_enumeration_on_random_layouts(ds_json):
         ref = _reference_sizes(cfg, world, placement)
         assert {k: sizes[k] for k in ref} == ref, ov
         checked += 1
-    assert checked >= 10
+    assert checked == 12
 
 
 # ------------------------------------------------------------------ dry run
