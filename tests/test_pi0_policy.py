@@ -1,0 +1,131 @@
+"""π0 / π0.5 behind the FlowPolicy interface: sample / evaluate / value, built from config."""
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pirl.config.schema import PirlConfig
+from pirl.models.pi0 import build_pi0_policy
+from pirl.models.pi0.checkpoint import save_pirl
+
+
+def _cfg(pi05=False, method="flow_sde", joint=False, **openpi):
+    op = {"config_name": "pi05_tiny" if pi05 else "pi0_tiny", "pi05": pi05, "noise_method": method,
+          "joint_logprob": joint, "train_expert_only": True}
+    full = OmegaConf.merge(OmegaConf.structured(PirlConfig), {"actor": {"model": {
+        "model_type": "openpi", "action_dim": 3, "num_action_chunks": 3, "action_horizon": 4,
+        "action_model_dim": 8, "num_steps": 4, "openpi": op}}})
+    plain = OmegaConf.to_container(full, resolve=True)
+    plain["actor"]["model"]["openpi"].update(openpi)  # keys the schema does not have yet (tokenizer_path)
+    return OmegaConf.create(plain).actor.model
+
+
+def _obs(B=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"main_images": torch.randint(0, 255, (B, 40, 30, 3), dtype=torch.uint8, generator=g),
+            "wrist_images": torch.randint(0, 255, (B, 28, 28, 3), dtype=torch.uint8, generator=g),
+            "states": torch.randn(B, 4, generator=g), "task_descriptions": ["reach the red goal"] * B}
+
+
+def _policy(*a, **kw):
+    torch.manual_seed(0)
+    pol = build_pi0_policy(_cfg(*a, **kw))
+    with torch.no_grad():
+        for p in pol.parameters():
+            p.mul_(5.0)  # out of HF's 0.02 init range: real signal everywhere
+    return pol
+
+
+@pytest.mark.parametrize("pi05", [False, True])
+def test_sde_sample_logprob_is_the_gaussian_of_the_chosen_step(pi05):
+    pol = _policy(pi05)
+    fi = pol.preprocess(_obs())
+    s = pol.sample(fi, generator=torch.Generator().manual_seed(1))
+    K, B = 4, 3
+    assert s.chains.shape == (B, K + 1, 4, 8) and s.actions.shape == (B, 3, 3) and s.logprob.shape == (B, 3, 3)
+    assert (s.step_mask.sum(1) == 1).all()
+    # independent float64 recomputation of x_{k+1} | x_k for each row's stochastic step
+    with torch.no_grad():
+        _, kv, pad = pol.model.prefix_forward(fi["images"], fi["image_masks"], fi["tokens"], fi["token_masks"])
+        for b in range(B):
+            k = int(s.step_mask[b].float().argmax())
+            t = 1 - k / K
+            x = s.chains[b:b + 1, k]
+            v = pol.model.velocity(pol.model.suffix_forward(
+                tuple((a[b:b + 1], c[b:b + 1]) for a, c in kv), pad[b:b + 1], fi["state"][b:b + 1], x,
+                torch.tensor([t]))).double()
+            x = x.double()
+            sigma = 0.5 * math.sqrt(t / (1 - t)) if t < 1 else 0.5 * math.sqrt(K)
+            mean = x - v / K - sigma ** 2 / K / (2 * t) * (x + (1 - t) * v)
+            std = sigma * math.sqrt(1 / K)
+            lp = -((s.chains[b:b + 1, k + 1].double() - mean) ** 2) / (2 * std ** 2) - math.log(std) - 0.5 * math.log(2 * math.pi)
+            torch.testing.assert_close(s.logprob[b].double(), lp[0, :3, :3], rtol=1e-4, atol=1e-4)
+            for j in range(K):  # the other steps are ODE
+                if j != k:
+                    assert not s.step_mask[b, j]
+    # actions are the chain's end, through the processor, executed part only
+    torch.testing.assert_close(s.actions, pol.processor.postprocess(s.chains[:, -1], fi["raw_state"])[:, :3])
+
+
+@pytest.mark.parametrize("pi05,method,joint", [(False, "flow_sde", False), (True, "flow_noise", True),
+                                               (False, "flow_noise", True), (True, "flow_sde", False)])
+def test_evaluate_rescores_sample_exactly_and_trains_the_expert_only(pi05, method, joint):
+    pol = _policy(pi05, method, joint)
+    fi = pol.preprocess(_obs())
+    s = pol.sample(fi, generator=torch.Generator().manual_seed(2))
+    assert s.step_mask.all() if joint else (s.step_mask.sum(1) == 1).all()
+    ev = pol.evaluate(fi, s.chains, s.step_mask)
+    torch.testing.assert_close(ev.logprob, s.logprob, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ev.values, s.values, rtol=1e-5, atol=1e-5)
+    assert s.values.abs().sum() > 0 and ev.entropy.shape == (3, 3, 3)
+    (ev.logprob.sum() + ev.values.sum() + ev.entropy.sum()).backward()
+    assert all(p.grad is None for p in pol.model.paligemma_with_expert.paligemma.parameters())
+    assert pol.model.paligemma_with_expert.gemma_expert.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+    if method == "flow_noise":
+        assert pol.model.noise_head.proj.weight.grad.abs().sum() > 0
+
+
+def test_eval_mode_is_pure_ode():
+    pol = _policy(True)
+    fi = pol.preprocess(_obs())
+    s = pol.sample(fi, mode="eval", generator=torch.Generator().manual_seed(3))
+    assert not s.step_mask.any() and (s.logprob == 0).all()
+    with torch.no_grad():
+        _, kv, pad = pol.model.prefix_forward(fi["images"], fi["image_masks"], fi["tokens"], fi["token_masks"])
+        x = s.chains[:, 0]
+        for k in range(4):
+            t = torch.full((3,), 1 - k / 4)
+            x = x - pol.model.velocity(pol.model.suffix_forward(kv, pad, fi["state"], x, t)) / 4
+            torch.testing.assert_close(s.chains[:, k + 1], x, rtol=1e-5, atol=1e-5)
+
+
+def test_value_after_vlm_and_detached_critic():
+    pol = _policy(False, value_after_vlm=True, detach_critic_input=True, train_expert_only=False)
+    fi = pol.preprocess(_obs())
+    v = pol.value(fi)
+    assert v.shape == (3,) and v.abs().sum() > 0
+    s = pol.sample(fi, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(s.values, v)
+    ev = pol.evaluate(fi, s.chains, s.step_mask)
+    ev.values.sum().backward()
+    assert pol.model.value_head.net[0].weight.grad.abs().sum() > 0
+    lm = pol.model.paligemma_with_expert.language_model
+    assert lm.layers[0].mlp.up_proj.weight.grad is None  # detached: the critic loss leaves the VLM alone
+
+
+def test_builder_loads_a_pirl_checkpoint_and_checks_variant(tmp_path):
+    pol = _policy(False)
+    save_pirl(pol.model, tmp_path / "ck")
+    cfg = _cfg(False)
+    cfg.model_path = str(tmp_path / "ck")
+    with pytest.raises(ValueError, match="tokenizer_path is required"):
+        build_pi0_policy(cfg)
+    with pytest.raises(FileNotFoundError, match="tokenizer_path"):
+        build_pi0_policy(_cfg(False, tokenizer_path=str(tmp_path / "none.model")))
+    cfg05 = _cfg(True)
+    cfg05.model_path = str(tmp_path / "ck")
+    with pytest.raises(ValueError, match="holds a π0 model"):
+        build_pi0_policy(cfg05)
+    with pytest.raises(ValueError, match="config_name"):
+        build_pi0_policy(_cfg(False, config_name="pi7"))
