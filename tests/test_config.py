@@ -136,7 +136,8 @@ def test_group_choice_override_on_shipped_configs(load):
 
 def test_composition_errors(config_dir, load):
     msg = error_of(load, "model=pi0_huge")
-    assert "configs/model/pi0_huge.yaml not found" in msg and "flow_mlp, pi0_tiny" in msg
+    assert "configs/model/pi0_huge.yaml not found" in msg
+    assert "options in configs/model:" in msg and "flow_mlp" in msg and "pi0_tiny" in msg
     msg = error_of(load_config, "child", str(config_dir), ["seed=a"])
     assert "no defaults entry of group 'seed'" in msg
     assert "--config-name" in error_of(load_config, "nope", str(config_dir))
@@ -333,6 +334,7 @@ def test_unknown_and_mistyped_keys_in_files_name_the_file(config_dir):
      "actor.model.openpi.noise_logvar_range: [0.2, 0.1] must be two numbers"),
     (["actor.model.openpi.noise_logvar_range=[0.1]"], None, "actor.model.openpi.noise_logvar_range"),
     (["algorithm.clip_ratio_c=0.5"], None, "algorithm.clip_ratio_c: 0.5 must be > 1"),
+    (["actor.optim.total_training_steps=0"], None, "actor.optim.total_training_steps: 0 must be -1"),
     (["algorithm.rewards_lower_bound=0.8", "algorithm.rewards_upper_bound=0.2"], None,
      "algorithm.rewards_lower_bound: 0.8 is above algorithm.rewards_upper_bound (0.2)"),
     (["actor.model.frozen=['(unclosed']"], None, "actor.model.frozen: '(unclosed' is not a valid regex"),

@@ -28,8 +28,9 @@ Merge rules: mappings merge key by key, lists and scalars replace, except
 
 Overrides (command line): `actor.optim.lr=1e-6`, `env.train.task=PickCube-v1`,
 `actor.model.trainable=[a,b]`, `runner.resume_dir=null`,
-`cluster.component_placement={env: 0-3, rollout: 4-7, actor: 0-7}` (values are YAML), and
-group choices `model=pi0_tiny`. Every key must exist in the schema: there is no `+key`.
+`cluster.component_placement={env: 0-3, rollout: 4-7, actor: 0-7}` (values are YAML: quote
+joined keys in a flow mapping, `{'env,rollout,actor': all}`), and group choices
+`model=pi0_tiny`. Every key must exist in the schema: there is no `+key`.
 
 The old `trainer.logger.wandb` block (OpenVLA seed doc) is read as an alias of
 `runner.logger`: `enable` adds or removes "wandb" in `logger_backends`, `project_name`
@@ -388,7 +389,9 @@ def compose(config_name: str, config_path: str | Path | None = None,
     used: set[str] = set()
     top = _config_file(config_dir, config_name, "--config-name")
     sources = _compose_file(top, config_dir, choices, used, ())
-    for group in choices.keys() - used:
+    unused = sorted(choices.keys() - used)
+    if unused:
+        group = unused[0]
         raise ConfigError(f"override {group}={choices[group]}: no defaults entry of group "
                           f"{group!r} in {display(top)} to replace")
 

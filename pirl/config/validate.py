@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import pirl
 from pirl.engine.placement import Placement, PlacementError, format_ranks
+from pirl.envs import SIMULATORS
 
 # The directory holding train.py, configs/ and ds_configs/: relative paths in a config
 # are looked up in the working directory first, then here.
@@ -32,8 +33,7 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULERS = ("constant", "cosine")
 MODEL_TYPES = ("flow_mlp", "openpi")
-# Simulators with an adapter in pirl.envs; add a name here with its adapter.
-SIMULATOR_TYPES = ("reach2d", "maniskill", "libero", "metaworld")
+SIMULATOR_TYPES = SIMULATORS  # the adapters pirl.envs.make_env builds
 TASK_TYPES = ("embodied",)
 RESUME_AUTO = "auto"
 
@@ -135,6 +135,10 @@ def check_fields(cfg: DictConfig) -> None:
                               f"{', '.join(LOGGER_BACKENDS)}")
     if len(set(backends)) != len(backends):
         raise ConfigError(f"runner.logger.logger_backends: {backends} names a backend twice")
+    steps = cfg.actor.optim.total_training_steps
+    if steps != -1 and steps < 1:
+        raise ConfigError(f"actor.optim.total_training_steps: {steps} must be -1 (derived) "
+                          f"or a positive number of optimizer steps")
     c = cfg.algorithm.clip_ratio_c
     if c is not None and not c > 1.0:
         raise ConfigError(f"algorithm.clip_ratio_c: {c!r} must be > 1 (dual clip) or null")
