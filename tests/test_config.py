@@ -165,7 +165,7 @@ def test_absolute_interpolation_resolved_and_typed(load):
     assert op.action_chunk == 2 and isinstance(op.action_chunk, int)
     assert cfg.actor.model.action_horizon == 2
     cfg = load("runner.logger.log_path=/tmp/pirl_runs")
-    assert cfg.video_cfg.video_base_dir == "/tmp/pirl_runs/video/train"
+    assert cfg.video_cfg.video_base_dir == "/tmp/pirl_runs/reach2d_ppo_flow_sde/video/train"
     assert cfg.actor.seed == cfg.runner.seed  # "${runner.seed}" in the schema
     assert cfg.actor.optim.value_lr == 1.0e-3
 

@@ -56,7 +56,7 @@ class AlgorithmConfig:
     group_size: int = 1  # GRPO: consecutive envs that share an initial state
     filter_rewards: bool = False  # GRPO: drop groups whose mean success is outside [low, high]
     rewards_lower_bound: float = 0.1  # in [0, 1], <= rewards_upper_bound
-    rewards_upper_bound: float = 0.9
+    rewards_upper_bound: float = 0.9  # in [0, 1]
     clip_ratio_low: float = 0.2  # PPO ratio clip below: 1 - low
     clip_ratio_high: float = 0.28  # PPO ratio clip above: 1 + high (clip-higher)
     clip_ratio_c: Optional[float] = None  # dual-clip constant (> 1), None disables
@@ -72,7 +72,7 @@ class AlgorithmConfig:
 class VideoConfig:
     save_video: bool = False  # write episode videos of env rank 0
     info_on_video: bool = True  # draw step, reward, success and instruction on frames
-    video_base_dir: str = "${runner.logger.log_path}/video/train"
+    video_base_dir: str = "${runner.logger.log_path}/video/train"  # where videos are written
     fps: int = 10  # frames per second of the saved videos
 
 
@@ -96,8 +96,8 @@ class EnvSplitConfig:
 @dataclass
 class EnvConfig:
     group_name: str = "EnvGroup"  # seed key, informational
-    train: EnvSplitConfig = field(default_factory=EnvSplitConfig)
-    eval: EnvSplitConfig = field(default_factory=EnvSplitConfig)
+    train: EnvSplitConfig = field(default_factory=EnvSplitConfig)  # envs of the rollouts
+    eval: EnvSplitConfig = field(default_factory=EnvSplitConfig)  # envs of evaluation
 
 
 @dataclass
@@ -149,7 +149,7 @@ class ModelConfig:
     num_layers: int = 3  # flow_mlp depth
     add_value_head: bool = True  # critic head (PPO/GAE needs it; GRPO does not)
     is_lora: bool = False  # LoRA on the VLM instead of full fine-tuning
-    lora_rank: int = 8
+    lora_rank: int = 8  # LoRA rank r when is_lora
     gradient_checkpointing: bool = False  # not supported for π0 (seeds): keep False
     trainable: list = field(default_factory=list)  # regexes of trainable params; empty = all
     frozen: list = field(default_factory=list)  # regexes of frozen params (applied after)
@@ -162,7 +162,7 @@ class OptimConfig:
     value_lr: float = "${actor.optim.lr}"  # type: ignore[assignment]  # value-head learning rate
     adam_beta1: float = 0.9  # in [0, 1)
     adam_beta2: float = 0.999  # in [0, 1)
-    adam_eps: float = 1e-8
+    adam_eps: float = 1e-8  # > 0
     weight_decay: float = 0.0  # AdamW decoupled decay
     clip_grad: float = 1.0  # max global grad norm (DeepSpeed gradient_clipping)
     lr_scheduler: str = "constant"  # constant | cosine
