@@ -212,9 +212,10 @@ def ppo_loss(
 
     Keyword names are the `algorithm.*` keys (`loss_kwargs(cfg.algorithm)` picks them).
     The entropy is reduced with the same loss_agg_mode over its own elements; the value
-    loss is averaged over valid samples (a sample is valid if any of its elements is). Metrics: actor/loss (policy loss), actor/value_loss, actor/entropy,
-    actor/pg_clipfrac, actor/approx_kl, actor/ratio_mean, actor/dual_clip_frac,
-    actor/value_clip_ratio, actor/explained_variance, actor/total_loss."""
+    loss is averaged over valid samples (a sample is valid if any of its elements is).
+    Metrics: actor/loss (policy loss), actor/value_loss, actor/entropy, actor/pg_clipfrac,
+    actor/approx_kl, actor/ratio_mean, actor/dual_clip_frac, actor/value_clip_ratio,
+    actor/explained_variance, actor/total_loss."""
     given = [x is not None for x in (values, old_values, returns)]
     if any(given) and not all(given):
         raise ValueError("ppo_loss needs values, old_values and returns together (or none, for GRPO)")
