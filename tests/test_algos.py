@@ -462,3 +462,18 @@ def test_ppo_loss_actor_only_for_grpo_and_argument_errors():
     with pytest.raises(ValueError, match="value_loss_type"):
         ppo_loss(x, x, torch.randn(6), mask, clip_ratio_low=0.2, clip_ratio_high=0.2, values=torch.randn(6),
                  old_values=torch.randn(6), returns=torch.randn(6), value_loss_type="l1")
+
+
+def test_loss_kwargs_from_structured_config_and_bf16_inputs_compute_in_fp32():
+    from omegaconf import OmegaConf
+
+    kw = loss_kwargs(OmegaConf.structured(AlgorithmConfig(clip_ratio_c=2.0)))
+    assert kw["clip_ratio_c"] == 2.0 and kw["loss_agg_mode"] == "token-mean"
+    g = gen(60)
+    old = torch.randn(8, 3, generator=g).bfloat16()
+    lp = (old.float() + 0.2 * torch.randn(8, 3, generator=g)).bfloat16()
+    adv, mask = torch.randn(8, generator=g), torch.rand(8, generator=g) < 0.8
+    loss, _ = ppo_loss(lp, old, adv, mask, **kw)
+    assert loss.dtype == torch.float32
+    ref, _ = actor_reference(lp.float(), old.float(), adv, mask, kw["clip_ratio_low"], kw["clip_ratio_high"], 2.0)
+    close(loss, agg_reference(ref, mask, "token-mean"))
