@@ -227,7 +227,7 @@ def test_unquoted_joined_key_in_a_flow_mapping_gets_a_hint(load):
 
 def test_placement_override_replaces_whole(load):
     cfg = load("cluster.component_placement={env: 0-3, rollout: 4-7, actor: 0-7}",
-               "rollout.pipeline_stage_num=2", world_size=8)
+               "rollout.pipeline_stage_num=2", "actor.micro_batch_size=4", world_size=8)
     assert OmegaConf.to_container(cfg.cluster.component_placement) == {
         "env": "0-3", "rollout": "4-7", "actor": "0-7"}
     assert "cluster.component_placement" in REPLACED_ON_MERGE
@@ -279,7 +279,7 @@ def test_unknown_and_mistyped_keys_in_files_name_the_file(config_dir):
 @pytest.mark.parametrize("overrides, world, expected", [
     (["actor.micro_batch_size=32", "actor.global_batch_size=100"], None,
      "actor.global_batch_size: 100 is not a multiple of actor.micro_batch_size (32) x actor ranks (2)"),
-    (["actor.global_batch_size=96"], None,
+    (["actor.global_batch_size=96", "actor.micro_batch_size=4"], None,
      "actor.global_batch_size: 96 does not divide the samples per rollout 128"),
     (["env.train.max_episode_steps=18"], None,
      "env.train.max_episode_steps: 18 is not a multiple of actor.model.num_action_chunks (4)"),
@@ -517,10 +517,11 @@ def test_every_seed_yaml_block_has_a_fixture():
 @pytest.mark.parametrize("path", SNIPPETS, ids=lambda p: p.stem)
 def test_seed_snippet_as_overrides(load, path):
     tree = _mounted(path)
-    ws = int(_header(path)["world_size"])
+    h = _header(path)
+    ws, extra = int(h["world_size"]), h.get("overrides", "").split()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the legacy trainer block warns
-        cfg = load(*_dotlist(tree), world_size=ws)
+        cfg = load(*_dotlist(tree), *extra, world_size=ws)
     _assert_landed(cfg, tree)
     derived_sizes(cfg, ws)  # fits the seed's world
 
@@ -534,10 +535,11 @@ def test_seed_snippet_in_an_experiment_file(path, tmp_path, ds_json):
     _write(d / "seeded.yaml", yaml.safe_dump(
         {"defaults": [BASE, "_self_"], **tree, "actor": {
             **tree.get("actor", {}), "ds_config": ds_json}}, allow_unicode=True))
-    ws = int(_header(path)["world_size"])
+    h = _header(path)
+    ws, extra = int(h["world_size"]), h.get("overrides", "").split()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        cfg = load_config("seeded", str(d), world_size=ws)
+        cfg = load_config("seeded", str(d), extra, world_size=ws)
     _assert_landed(cfg, tree)
 
 
@@ -608,7 +610,8 @@ SEED_LAYOUTS = [  # (placement overrides, world size, stages, expected hand-comp
 @pytest.mark.parametrize("placement, world, stages, expected", SEED_LAYOUTS)
 def test_derived_sizes_on_seed_layouts(load, placement, world, stages, expected):
     cfg = load(f"cluster.component_placement={placement}", f"rollout.pipeline_stage_num={stages}",
-               f"cluster.num_gpus_per_node={world // 2}", "cluster.num_nodes=2", world_size=world)
+               f"cluster.num_gpus_per_node={world // 2}", "cluster.num_nodes=2",
+               "actor.micro_batch_size=4", world_size=world)
     sizes = derived_sizes(cfg, world)
     for key, value in expected.items():
         assert sizes[key] == value, key
@@ -675,7 +678,7 @@ def test_derived_sizes_match_enumeration_on_random_layouts(ds_json):
 
 def test_format_dry_run_prints_resolved_yaml_and_sizes(load):
     cfg = load("cluster.component_placement={env: 0-3, rollout: 4-7, actor: 0-7}",
-               "rollout.pipeline_stage_num=2", world_size=8)
+               "rollout.pipeline_stage_num=2", "actor.micro_batch_size=4", world_size=8)
     text = format_dry_run(cfg, derived_sizes(cfg, 8))
     yaml_part, table = text.split("# derived sizes\n")
     assert yaml.safe_load(yaml_part) == OmegaConf.to_container(cfg, resolve=True)
