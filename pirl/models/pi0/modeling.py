@@ -117,17 +117,26 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (xf * cos + rotated * sin).to(x.dtype)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """q (B, h, Lq, hd), k/v (B, KV, Lk, hd), mask (B, 1, Lq, Lk) additive fp32 ->
-    (B, Lq, h·hd). Logits and softmax in fp32 whatever the weights' dtype."""
+def attention(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
+              mask: torch.Tensor) -> torch.Tensor:
+    """One softmax over several key/value segments (e.g. the cached prefix and the new
+    tokens) without concatenating them, so the cache is never copied.
+
+    q (B, h, Lq, hd); keys/values [(B, KV, Lk_i, hd)]; mask (B, 1, Lq, ΣLk_i) additive fp32
+    -> (B, Lq, h·hd). Query heads are grouped over the KV heads (GQA / MQA) instead of
+    repeating K and V. Logits and softmax in fp32 whatever the weights' dtype."""
     B, h, Lq, hd = q.shape
-    groups = h // k.shape[1]
-    k = k.repeat_interleave(groups, dim=1)
-    v = v.repeat_interleave(groups, dim=1)
-    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (hd ** -0.5) + mask
-    probs = torch.softmax(logits, dim=-1).to(v.dtype)
-    out = torch.matmul(probs, v)  # (B, h, Lq, hd)
-    return out.transpose(1, 2).reshape(B, Lq, h * hd)
+    kvh = keys[0].shape[1]
+    g = h // kvh
+    qg = q.float().reshape(B, kvh, g * Lq, hd)  # row index = group·Lq + query
+    logits = torch.cat([torch.matmul(qg, k.float().transpose(-1, -2)) for k in keys], dim=-1)
+    logits = logits * (hd ** -0.5) + mask.repeat(1, 1, g, 1)
+    probs = torch.softmax(logits, dim=-1).to(values[0].dtype)
+    out, start = 0, 0
+    for v in values:
+        out = out + torch.matmul(probs[..., start:start + v.shape[2]], v)
+        start += v.shape[2]
+    return out.reshape(B, h, Lq, hd).transpose(1, 2).reshape(B, Lq, h * hd)
 
 
 def make_att_2d_masks(pad: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
@@ -254,10 +263,8 @@ class _JointLayer:
         k = apply_rope(torch.cat([t.to(dtype) for t in ks], dim=2), cos, sin)
         v = torch.cat([t.to(dtype) for t in vs], dim=2)
         kv = (k, v)
-        if past is not None:
-            k = torch.cat([past[0].to(dtype), k], dim=2)
-            v = torch.cat([past[1].to(dtype), v], dim=2)
-        att = attention(q, k, v, mask)  # (B, Lq, h·hd)
+        keys, values = ([past[0].to(dtype), k], [past[1].to(dtype), v]) if past is not None else ([k], [v])
+        att = attention(q, keys, values, mask)  # (B, Lq, h·hd)
         outs, start, gi = [], 0, 0
         for layer, h, c in zip(self.layers, hiddens, self.conds):
             if h is None:
