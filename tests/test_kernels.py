@@ -322,3 +322,50 @@ def test_ppo_loss_same_on_reference_and_triton_paths(monkeypatch, method, joint)
             _close(m_t[key], m_r[key], 1e-5, 1e-6, f"{lt} {key}")
         for a_, b_ in zip(g_t, g_r):
             _close(a_, b_, 1e-4, 1e-6, f"{lt} grads")
+
+
+@pytest.mark.parametrize("method,joint", [(FLOW_SDE, False), (FLOW_NOISE, True)])
+def test_flow_mlp_ppo_on_reach2d_same_on_both_paths(monkeypatch, method, joint):
+    """The built-in task: FlowMLPPolicy samples a chunk on reach2d (reference path), the env
+    executes it, and one PPO (actor-critic) loss of `evaluate` on those chains is computed
+    on the reference and on the interpreted Triton path. Losses rtol 1e-5, gradients
+    rtol 1e-4 / atol 1e-6 (fp32 rounding order inside the transition only)."""
+    from pirl.envs.reach2d import Reach2DEnv
+    from pirl.models.flow_mlp import FlowMLPPolicy
+
+    torch.manual_seed(0)
+    env = Reach2DEnv(num_envs=6, render=False, seed=3)
+    spec = FlowSpec(num_steps=4, noise_method=method, noise_level=0.5, joint_logprob=joint,
+                    action_chunk=3, action_env_dim=env.action_dim)
+    policy = FlowMLPPolicy(state_dim=env.state_dim, spec=spec, horizon=5, action_dim=4, hidden_dim=32)
+    inputs = policy.preprocess(env.reset(seed=0))
+    monkeypatch.setenv(dispatch.BACKEND_ENV, "torch")
+    sample = policy.sample(inputs, mode="train", generator=torch.Generator().manual_seed(4))
+    _, rewards, _, _, _ = env.chunk_step(sample.actions)
+    returns = rewards.sum(dim=1) + 0.1 * torch.randn(6, generator=torch.Generator().manual_seed(5))
+    advantages = returns - sample.values
+    results = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv(dispatch.BACKEND_ENV, backend)
+        monkeypatch.setenv("TRITON_INTERPRET", "1" if backend == "triton" else "0")
+        out = {}
+        for lt in LOGPROB_TYPES:
+            ev = policy.evaluate(inputs, sample.chains, sample.step_mask)
+            # Old log-probs a little off the current policy, so some ratios clip.
+            old = reduce_logprob(sample.logprob, lt)
+            old = old + 0.3 * torch.randn(old.shape, generator=torch.Generator().manual_seed(6))
+            loss, metrics = ppo_loss(reduce_logprob(ev.logprob, lt), old, advantages, torch.ones(6, dtype=torch.bool),
+                                     clip_ratio_low=0.2, clip_ratio_high=0.28, entropy=ev.entropy,
+                                     entropy_bonus=0.005, values=ev.values, old_values=sample.values,
+                                     returns=returns, value_clip=0.2)
+            grads = torch.autograd.grad(loss, [p for p in policy.parameters() if p.requires_grad], allow_unused=True)
+            out[lt] = (loss.detach(), metrics, grads)
+        results[backend] = out
+    for lt in LOGPROB_TYPES:
+        (loss_r, m_r, g_r), (loss_t, m_t, g_t) = results["torch"][lt], results["triton"][lt]
+        _close(loss_t, loss_r, 1e-5, 1e-6, f"{lt} loss")
+        _close(m_t["actor/approx_kl"], m_r["actor/approx_kl"], 1e-5, 1e-6, f"{lt} approx_kl")
+        for a_, b_ in zip(g_t, g_r):
+            assert (a_ is None) == (b_ is None)
+            if a_ is not None:
+                _close(a_, b_, 1e-4, 1e-6, f"{lt} grads")
