@@ -241,6 +241,8 @@ def test_placement_override_replaces_whole(load):
                                  "did you mean actor.micro_batch_size?"]),
     ("actor.rollout_epoch=2", ["unknown key actor.rollout_epoch",
                                "did you mean algorithm.rollout_epoch?"]),
+    ("rollout_epoch=2", ["unknown key rollout_epoch; did you mean algorithm.rollout_epoch?"]),
+    ("total_num_envs=16", ["did you mean env.train.total_num_envs?"]),
     ("runner.loger.project_name=x", ["unknown key runner.loger", "did you mean runner.logger?"]),
     ("actor.micro_batch_size=abc", ["actor.micro_batch_size: expected an int, got 'abc'"]),
     ("actor.micro_batch_size=2.5", ["actor.micro_batch_size: expected an int, got 2.5"]),
@@ -618,8 +620,7 @@ def test_derived_sizes_on_seed_layouts(load, placement, world, stages, expected)
     assert sizes["chunk_steps_per_episode"] == 4 and sizes["world_size"] == world
     # the config describes the same world: both columns agree
     other = sizes["at_config_world_size"]
-    assert {k: v for k, v in other.items()} == {k: v for k, v in sizes.items()
-                                                if k != "at_config_world_size"}
+    assert other == {k: v for k, v in sizes.items() if k != "at_config_world_size"}
 
 
 def test_derived_sizes_quickstart_on_4_ranks(load):

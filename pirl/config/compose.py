@@ -154,17 +154,18 @@ def schema_paths(cls=PirlConfig, prefix: str = "") -> list[str]:
 
 
 def _suggest(path: str) -> str:
-    """'; did you mean X?' for an unknown dotted key: a close sibling first, then the
-    same name in another section, then the closest full key."""
+    """'; did you mean X?' for an unknown dotted key: the same name in another section
+    first (the seeds' bare `rollout_epoch`), then a close sibling, then the closest full
+    key."""
     all_paths = schema_paths()
     parent, _, name = path.rpartition(".")
+    same = [p for p in all_paths if p.rpartition(".")[2] == name]
+    if same:
+        return f"; did you mean {same[0]}?"
     siblings = [p.rpartition(".")[2] for p in all_paths if p.rpartition(".")[0] == parent]
     close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
     if close:
         return f"; did you mean {parent + '.' if parent else ''}{close[0]}?"
-    same = [p for p in all_paths if p.rpartition(".")[2] == name]
-    if same:
-        return f"; did you mean {same[0]}?"
     close = difflib.get_close_matches(path, all_paths, n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
 
