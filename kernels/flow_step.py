@@ -231,10 +231,13 @@ def _kernel(fn):
     return _JIT_CACHE[key]
 
 
-def _blocks(H: int, D: int) -> tuple[int, int]:
+def _blocks(H: int, D: int) -> tuple[int, int, int]:
+    """(BLOCK_H, BLOCK_D, num_warps): a tile of up to TILE_ELEMENTS, about 8 elements per
+    thread (so short horizons get small programs rather than idle lanes)."""
     block_d = triton.next_power_of_2(max(D, 1))
     block_h = max(1, min(triton.next_power_of_2(max(H, 1)), TILE_ELEMENTS // block_d))
-    return block_h, block_d
+    num_warps = max(1, min(8, block_h * block_d // (8 * 32)))
+    return block_h, block_d, num_warps
 
 
 def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
@@ -318,12 +321,12 @@ def denoise_step(
         return x_next, logprob
     std_arg = std if std is not None else x_t  # never read unless flow_noise
     flags = stochastic.view(torch.uint8)  # bool is one byte: read it as such, no copy
-    block_h, block_d = _blocks(H, D)
+    block_h, block_d, num_warps = _blocks(H, D)
     _kernel(_denoise_step)[(B,)](
         x_t, v, noise, std_arg, t, flags, x_next, logprob,
         *_strides3(x_t), *_strides3(v), *_strides3(noise), *_strides3(std_arg), t.stride(0), flags.stride(0),
         H, D, float(delta), math.sqrt(delta), float(noise_level), T.LOG_SQRT_2PI,
-        METHOD=METHOD_CODES[method], BLOCK_H=block_h, BLOCK_D=block_d,
+        METHOD=METHOD_CODES[method], BLOCK_H=block_h, BLOCK_D=block_d, num_warps=num_warps,
     )
     return x_next, logprob
 
@@ -351,12 +354,12 @@ def step_logprob_fwd(x_t, v, x_next, t, delta, method, noise_level, std, C, DE, 
     if B == 0:
         return lp, ent
     std_arg = std if std is not None else x_t
-    block_h, block_d = _blocks(C, DE)
+    block_h, block_d, num_warps = _blocks(C, DE)
     _kernel(_step_logprob_fwd)[(B,)](
         x_t, v, x_next, std_arg, t, lp, ent,
         *_strides3(x_t), *_strides3(v), *_strides3(x_next), *_strides3(std_arg), t.stride(0),
         C, DE, float(delta), math.sqrt(delta), float(noise_level), T.LOG_SQRT_2PI,
-        METHOD=METHOD_CODES[method], REDUCE=reduce, BLOCK_H=block_h, BLOCK_D=block_d,
+        METHOD=METHOD_CODES[method], REDUCE=reduce, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=num_warps,
     )
     return lp, ent
 
@@ -380,7 +383,7 @@ def step_logprob_bwd(x_t, v, x_next, t, delta, method, noise_level, std, C, DE, 
     grad_lp = grad_lp.float().contiguous()
     grad_ent_arg = grad_ent.float().contiguous() if grad_ent is not None else grad_lp
     dummy = x_t  # pointer for outputs a constexpr flag leaves unwritten
-    block_h, block_d = _blocks(H, D)
+    block_h, block_d, num_warps = _blocks(H, D)
     _kernel(_step_logprob_bwd)[(B,)](
         x_t, v, x_next, std_arg, t, grad_lp, grad_ent_arg,
         gx if gx is not None else dummy, gv if gv is not None else dummy,
@@ -389,6 +392,6 @@ def step_logprob_bwd(x_t, v, x_next, t, delta, method, noise_level, std, C, DE, 
         H, D, C, DE, float(delta), math.sqrt(delta), float(noise_level),
         METHOD=METHOD_CODES[method], REDUCE=reduce, HAS_GENT=grad_ent is not None,
         WANT_X=gx is not None, WANT_V=gv is not None, WANT_Y=gy is not None, WANT_STD=gstd is not None,
-        BLOCK_H=block_h, BLOCK_D=block_d,
+        BLOCK_H=block_h, BLOCK_D=block_d, num_warps=num_warps,
     )
     return gx, gv, gy, gstd

@@ -369,3 +369,37 @@ def test_flow_mlp_ppo_on_reach2d_same_on_both_paths(monkeypatch, method, joint):
             assert (a_ is None) == (b_ is None)
             if a_ is not None:
                 _close(a_, b_, 1e-4, 1e-6, f"{lt} grads")
+
+
+def test_kernels_compile_for_h100():
+    """The compiled (not interpreted) path: each kernel lowers through Triton's NVIDIA
+    backend and ptxas for sm_90 (H100), no GPU needed. One variant per kernel, the widest
+    (bf16, learned std, every gradient); bench/kernels.py runs them for real on a GPU."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    floats = {"delta", "sqrt_delta", "noise_level", "log_sqrt_2pi"}
+    variants = [
+        (K._step_logprob_fwd, dict(METHOD=2, REDUCE=2, BLOCK_H=64, BLOCK_D=32)),
+        (K._step_logprob_bwd, dict(METHOD=2, REDUCE=1, HAS_GENT=True, WANT_X=True, WANT_V=True, WANT_Y=True,
+                                   WANT_STD=True, BLOCK_H=64, BLOCK_D=32)),
+        (K._denoise_step, dict(METHOD=1, BLOCK_H=8, BLOCK_D=32)),
+    ]
+    for fn, consts in variants:
+        sig = {}
+        for name in inspect.signature(fn).parameters:
+            if name in consts:
+                sig[name] = "constexpr"
+            elif name == "flag_ptr":
+                sig[name] = "*u8"
+            elif name in ("lp_ptr", "ent_ptr", "out_ptr", "glp_ptr", "gent_ptr", "t_ptr"):
+                sig[name] = "*fp32"
+            elif name.endswith("_ptr"):
+                sig[name] = "*bf16"
+            else:
+                sig[name] = "fp32" if name in floats else "i32"
+        compiled = triton.compile(ASTSource(triton.jit(fn), sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+        assert ".entry " + fn.__name__ in compiled.asm["ptx"] and len(compiled.asm["cubin"]) > 0
