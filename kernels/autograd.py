@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
+from pirl.flow import transitions as T
 from pirl.kernels import flow_step as K
 from pirl.kernels import reference as R
 
@@ -24,6 +26,7 @@ class FlowStepLogprob(torch.autograd.Function):
         return lp, ent
 
     @staticmethod
+    @once_differentiable  # the Triton backward is not itself differentiable: say so if asked
     def backward(ctx, grad_lp, grad_ent):
         x_t, v, x_next, t, learned_std = ctx.saved_tensors
         delta, method, noise_level, C, DE, reduce = ctx.args
@@ -31,8 +34,11 @@ class FlowStepLogprob(torch.autograd.Function):
         none = (None,) * 6
         if grad_lp is None and grad_ent is None:
             return (None,) * 5 + none
-        if grad_lp is None:
+        if grad_lp is None:  # only the entropy is used: it depends on the std alone
+            want_x = want_v = want_y = False
             grad_lp = torch.zeros_like(grad_ent, dtype=torch.float32)
+        if not (want_x or want_v or want_y or (want_std and method == T.FLOW_NOISE)):
+            return (None,) * 5 + none
         std = K.check_logprob_inputs(x_t, v, x_next, t, method, learned_std, C, DE)[0]
         gx, gv, gy, gstd = K.step_logprob_bwd(
             x_t, v, x_next, t, delta, method, noise_level, std, C, DE, reduce,

@@ -22,6 +22,7 @@ are `tl.reduce(x, axis, tl.standard._sum_combine)`, which is what `tl.sum` expan
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -32,9 +33,9 @@ from triton import knobs
 from pirl.flow import transitions as T
 from pirl.kernels import reference as R
 
-# Method codes the kernels branch on at compile time.
+# Method codes the kernels branch on at compile time (the METHOD constexpr; the kernels
+# spell them as literals: module globals are not visible to a jitted function).
 METHOD_CODES = {T.ODE: 0, T.FLOW_SDE: 1, T.FLOW_NOISE: 2}
-_ODE, _SDE, _NOISE = 0, 1, 2
 
 # Reductions of the executed log-prob box (B, C, D_env), `algorithm.logprob_type`.
 REDUCE_NONE, REDUCE_ACTION, REDUCE_CHUNK = 0, 1, 2
@@ -287,10 +288,15 @@ def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _launchable(x: torch.Tensor) -> None:
-    if x.device.type != "cuda" and not interpreting():
+def _launchable(x: torch.Tensor):
+    """Check the tensors can run here; returns the context to launch in (Triton launches
+    on the current CUDA device, which need not be x's)."""
+    if x.device.type == "cuda":
+        return torch.cuda.device(x.device)
+    if not interpreting():
         raise RuntimeError("the Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors "
                            "(PIRL_KERNELS=torch selects the torch reference)")
+    return contextlib.nullcontext()
 
 
 def denoise_step(
@@ -313,7 +319,7 @@ def denoise_step(
     if stochastic.shape != (shape[0],) or stochastic.dtype != torch.bool or stochastic.device != x_t.device:
         raise ValueError(f"stochastic must be a (B,) = ({shape[0]},) bool tensor on {x_t.device}, "
                          f"got {stochastic.dtype} {tuple(stochastic.shape)} on {stochastic.device}")
-    _launchable(x_t)
+    device_ctx = _launchable(x_t)
     B, H, D = shape
     x_next = _empty(shape, torch.float32, x_t.device)
     logprob = _empty(shape, torch.float32, x_t.device)
@@ -322,12 +328,13 @@ def denoise_step(
     std_arg = std if std is not None else x_t  # never read unless flow_noise
     flags = stochastic.view(torch.uint8)  # bool is one byte: read it as such, no copy
     block_h, block_d, num_warps = _blocks(H, D)
-    _kernel(_denoise_step)[(B,)](
-        x_t, v, noise, std_arg, t, flags, x_next, logprob,
-        *_strides3(x_t), *_strides3(v), *_strides3(noise), *_strides3(std_arg), t.stride(0), flags.stride(0),
-        H, D, float(delta), math.sqrt(delta), float(noise_level), T.LOG_SQRT_2PI,
-        METHOD=METHOD_CODES[method], BLOCK_H=block_h, BLOCK_D=block_d, num_warps=num_warps,
-    )
+    with device_ctx:
+        _kernel(_denoise_step)[(B,)](
+            x_t, v, noise, std_arg, t, flags, x_next, logprob,
+            *_strides3(x_t), *_strides3(v), *_strides3(noise), *_strides3(std_arg), t.stride(0), flags.stride(0),
+            H, D, float(delta), math.sqrt(delta), float(noise_level), T.LOG_SQRT_2PI,
+            METHOD=METHOD_CODES[method], BLOCK_H=block_h, BLOCK_D=block_d, num_warps=num_warps,
+        )
     return x_next, logprob
 
 
@@ -346,7 +353,7 @@ def check_logprob_inputs(x_t, v, x_next, t, method, learned_std, action_chunk, a
 def step_logprob_fwd(x_t, v, x_next, t, delta, method, noise_level, std, C, DE, reduce):
     """Launch the forward kernel; std is the (B, H, D) learned std or None. Returns the
     log-prob and entropy sums over the executed box, shaped per `reduce`, fp32."""
-    _launchable(x_t)
+    device_ctx = _launchable(x_t)
     B, H, D = x_t.shape
     out_shape = {REDUCE_NONE: (B, C, DE), REDUCE_ACTION: (B, C), REDUCE_CHUNK: (B,)}[reduce]
     lp = _empty(out_shape, torch.float32, x_t.device)
@@ -355,12 +362,13 @@ def step_logprob_fwd(x_t, v, x_next, t, delta, method, noise_level, std, C, DE, 
         return lp, ent
     std_arg = std if std is not None else x_t
     block_h, block_d, num_warps = _blocks(C, DE)
-    _kernel(_step_logprob_fwd)[(B,)](
-        x_t, v, x_next, std_arg, t, lp, ent,
-        *_strides3(x_t), *_strides3(v), *_strides3(x_next), *_strides3(std_arg), t.stride(0),
-        C, DE, float(delta), math.sqrt(delta), float(noise_level), T.LOG_SQRT_2PI,
-        METHOD=METHOD_CODES[method], REDUCE=reduce, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=num_warps,
-    )
+    with device_ctx:
+        _kernel(_step_logprob_fwd)[(B,)](
+            x_t, v, x_next, std_arg, t, lp, ent,
+            *_strides3(x_t), *_strides3(v), *_strides3(x_next), *_strides3(std_arg), t.stride(0),
+            C, DE, float(delta), math.sqrt(delta), float(noise_level), T.LOG_SQRT_2PI,
+            METHOD=METHOD_CODES[method], REDUCE=reduce, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=num_warps,
+        )
     return lp, ent
 
 
@@ -369,7 +377,7 @@ def step_logprob_bwd(x_t, v, x_next, t, delta, method, noise_level, std, C, DE, 
     """Launch the backward kernel. grad_lp / grad_ent: gradients of the forward outputs
     (grad_ent may be None). Returns (grad_x_t, grad_v, grad_x_next, grad_std), each a
     (B, H, D) tensor in its input's dtype, or None where not wanted."""
-    _launchable(x_t)
+    device_ctx = _launchable(x_t)
     B, H, D = x_t.shape
 
     def buf(flag, like):
@@ -384,14 +392,15 @@ def step_logprob_bwd(x_t, v, x_next, t, delta, method, noise_level, std, C, DE, 
     grad_ent_arg = grad_ent.float().contiguous() if grad_ent is not None else grad_lp
     dummy = x_t  # pointer for outputs a constexpr flag leaves unwritten
     block_h, block_d, num_warps = _blocks(H, D)
-    _kernel(_step_logprob_bwd)[(B,)](
-        x_t, v, x_next, std_arg, t, grad_lp, grad_ent_arg,
-        gx if gx is not None else dummy, gv if gv is not None else dummy,
-        gy if gy is not None else dummy, gstd if gstd is not None else dummy,
-        *_strides3(x_t), *_strides3(v), *_strides3(x_next), *_strides3(std_arg), t.stride(0),
-        H, D, C, DE, float(delta), math.sqrt(delta), float(noise_level),
-        METHOD=METHOD_CODES[method], REDUCE=reduce, HAS_GENT=grad_ent is not None,
-        WANT_X=gx is not None, WANT_V=gv is not None, WANT_Y=gy is not None, WANT_STD=gstd is not None,
-        BLOCK_H=block_h, BLOCK_D=block_d, num_warps=num_warps,
-    )
+    with device_ctx:
+        _kernel(_step_logprob_bwd)[(B,)](
+            x_t, v, x_next, std_arg, t, grad_lp, grad_ent_arg,
+            gx if gx is not None else dummy, gv if gv is not None else dummy,
+            gy if gy is not None else dummy, gstd if gstd is not None else dummy,
+            *_strides3(x_t), *_strides3(v), *_strides3(x_next), *_strides3(std_arg), t.stride(0),
+            H, D, C, DE, float(delta), math.sqrt(delta), float(noise_level),
+            METHOD=METHOD_CODES[method], REDUCE=reduce, HAS_GENT=grad_ent is not None,
+            WANT_X=gx is not None, WANT_V=gv is not None, WANT_Y=gy is not None, WANT_STD=gstd is not None,
+            BLOCK_H=block_h, BLOCK_D=block_d, num_warps=num_warps,
+        )
     return gx, gv, gy, gstd

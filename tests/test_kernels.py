@@ -133,6 +133,27 @@ def test_step_logprob_matches_transitions_reference(triton_cpu, method):
             _close(a_, b_, 1e-5, 1e-6, "grad")
 
 
+@pytest.mark.parametrize("use", ["logprob", "entropy"])
+def test_backward_through_one_output(triton_cpu, use):
+    """Only one output feeds the loss (the PPO ratio without an entropy bonus, or the
+    entropy alone): the other's gradient is absent, not garbage."""
+    gen = torch.Generator().manual_seed(13)
+    x, v, t, std, eps = random_step(3, 4, 5, 4, torch.float32, gen)
+    y = x - 0.25 * v + std * eps
+    idx = 0 if use == "logprob" else 1
+    leaves = [v.clone().requires_grad_(), std.clone().requires_grad_()]
+    out = dispatch.flow_step_logprob(x, *leaves[:1], y, t, 0.25, FLOW_NOISE, 0.0, leaves[1], 3, 4, ACTION_LEVEL)[idx]
+    leaves64 = [v.double().requires_grad_(), std.double().requires_grad_()]
+    out64 = logprob64(x, leaves64[0], y, t, 0.25, FLOW_NOISE, 0.0, leaves64[1], 3, 4, ACTION_LEVEL)[idx]
+    w = torch.randn(out.shape, generator=gen)
+    g = torch.autograd.grad((w * out).sum(), leaves, allow_unused=True)
+    g64 = torch.autograd.grad((w * out64).sum(), leaves64, allow_unused=True)
+    assert (g[0] is None) == (use == "entropy") == (g64[0] is None)
+    for a_, b_ in zip(g, g64):
+        if a_ is not None:
+            _close(a_, b_, 1e-4, 1e-5, f"grad through {use}")
+
+
 def test_learned_std_gradient_by_finite_differences(triton_cpu):
     """∂/∂std of Σ w_lp·lp + w_ent·ent, by central differences of the kernel itself. The
     token-level output is element-separable, so one perturbation of every std element at
