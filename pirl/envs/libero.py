@@ -136,34 +136,37 @@ def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
     return q[:3] * 2.0 * math.acos(q[3]) / den
 
 
-_RENDER_SETTINGS = {"reflections": True}
+# Settings read by robosuite's render-context constructor once patched (one per process).
+_RENDER_SETTINGS = {"fast": True, "reflections": True}
 
 
-def fast_cpu_rendering(reflections: bool = True) -> None:
-    """Multisampling and shadows off in every robosuite render context this process builds.
+def configure_rendering(fast: bool = True, reflections: bool = True) -> None:
+    """Settings for every robosuite render context this process builds from now on.
 
-    LIBERO rebuilds the model, sim and render context at every reset (hard reset, which
-    keeps initial states exactly reproducible), and MuJoCo reads `offsamples` when a context
-    is made, so the settings go in robosuite's context constructor, once per process.
-    Idempotent; `reflections` applies to contexts built after the call.
+    fast: multisampling and shadows off. LIBERO rebuilds the model, sim and render context at
+    every reset (hard reset, which keeps initial states exactly reproducible) and MuJoCo reads
+    `offsamples` when a context is made, so the settings go in robosuite's context
+    constructor (patched once per process); each LiberoEnv sets them before it builds.
+    reflections: False skips the reflection pass (a visible change: the stove turns dark).
     """
     import mujoco
     from robosuite.utils import binding_utils
 
-    _RENDER_SETTINGS["reflections"] = reflections
+    _RENDER_SETTINGS.update(fast=fast, reflections=reflections)
     ctx_cls = binding_utils.MjRenderContext
-    if getattr(ctx_cls, "_pirl_fast_cpu", False):
+    if getattr(ctx_cls, "_pirl_patched", False):
         return
     original = ctx_cls._set_mujoco_context_and_buffers
 
-    def set_context_fast(self):
-        self.model._model.vis.quality.offsamples = 0
-        self.model._model.vis.quality.shadowsize = 0
+    def set_context(self):
+        if _RENDER_SETTINGS["fast"]:
+            self.model._model.vis.quality.offsamples = 0
+            self.model._model.vis.quality.shadowsize = 0
         self.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = int(_RENDER_SETTINGS["reflections"])
         original(self)
 
-    ctx_cls._set_mujoco_context_and_buffers = set_context_fast
-    ctx_cls._pirl_fast_cpu = True
+    ctx_cls._set_mujoco_context_and_buffers = set_context
+    ctx_cls._pirl_patched = True
 
 
 class LiberoEnv:
@@ -195,8 +198,8 @@ class LiberoEnv:
         bddl = os.path.join(ll.get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
         self._render = render
         self._settle_steps = settle_steps
-        if fast_render:
-            fast_cpu_rendering(reflections)
+        self._render_settings = dict(fast=fast_render, reflections=reflections)
+        configure_rendering(**self._render_settings)
         self._env = OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=image_size, camera_widths=image_size)
         self._cameras = [f"{MAIN_CAMERA}_image", f"{WRIST_CAMERA}_image"]
         self._set_cameras(False)
@@ -211,6 +214,7 @@ class LiberoEnv:
         # places fixtures (cabinets, stoves) with numpy's global RNG, outside the init state:
         # seed it so that equal seeds give equal scenes.
         np.random.seed(seed % 2**32)
+        configure_rendering(**self._render_settings)
         self._env.reset()
         self._set_cameras(False)
         self._env.set_init_state(self._init_states[seed % len(self._init_states)])

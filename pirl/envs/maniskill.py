@@ -77,9 +77,10 @@ def check_task_assets(task: str) -> None:
         if source is None:
             continue
         folder = Path(source.output_dir) / source.target_path
-        if not folder.exists():
+        # A failed download leaves an empty folder behind: empty counts as absent.
+        if not folder.is_dir() or not any(folder.iterdir()):
             raise FileNotFoundError(
-                f"ManiSkill task {task!r} needs the asset {asset_id!r} at {folder}, which is absent. "
+                f"ManiSkill task {task!r} needs the asset {asset_id!r} at {folder}, which is absent or empty. "
                 f"Provide it by running `python -m mani_skill.utils.download_asset {asset_id}` on a "
                 f"machine with network access and copying {folder} here, or by pointing MS_ASSET_DIR "
                 f"at a folder that holds {source.target_path}."
