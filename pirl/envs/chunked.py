@@ -272,9 +272,10 @@ class ChunkedVecEnv:
             terms[:, c] = self._term
             truncs[:, c] = self._trunc
         done = (self._term | self._trunc) & ~ended_before
+        # float32 (B,) like the built-in reach2d env, so runners average them directly
         episode = {
-            "success_once": torch.from_numpy(self._success_once.copy()),
-            "episode_len": torch.from_numpy(self._ep_step.copy()),
+            "success_once": torch.from_numpy(self._success_once.astype(np.float32)),
+            "episode_len": torch.from_numpy(self._ep_step.astype(np.float32)),
             "return": torch.from_numpy(self._ep_return.astype(np.float32)),
         }
         all_ids = list(range(b))
