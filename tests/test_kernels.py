@@ -37,7 +37,8 @@ def triton_cpu(monkeypatch):
     """Force the Triton path on CPU tensors through the interpreter, outputs NaN-poisoned."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv(dispatch.BACKEND_ENV, "triton")
-    monkeypatch.setattr(K, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+    monkeypatch.setattr(K, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype,
+                                                                             device=device))
 
 
 # ---- float64 math, written from DESIGN.md independently of pirl.flow.transitions ----------
@@ -430,5 +431,6 @@ def test_kernels_compile_for_h100():
                 sig[name] = "*bf16"
             else:
                 sig[name] = "fp32" if name in floats else "i32"
-        compiled = triton.compile(ASTSource(triton.jit(fn), sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+        compiled = triton.compile(ASTSource(triton.jit(fn), sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                                  options={"enable_fp_fusion": K.FP_FUSION})
         assert ".entry " + fn.__name__ in compiled.asm["ptx"] and len(compiled.asm["cubin"]) > 0
