@@ -209,6 +209,7 @@ class ChunkedVecEnv:
         self._was_reset = True
         obs = self._observe(ids)
         if self.video is not None:
+            self.video.new_episode()  # one file per reset (e.g. per rollout epoch)
             self.video.add(obs, np.zeros(self.num_envs), np.zeros(self.num_envs, dtype=bool), self._ep_step)
         return obs
 
@@ -286,6 +287,7 @@ class ChunkedVecEnv:
             "valid": torch.from_numpy(valid),
             "restarts": self.backend.restarts,
         }
+        steps_at_end = self._ep_step.copy()  # (B,) for the video, before auto-reset clears it
         # One render per env at the chunk end; envs that auto-reset render once more.
         raw_obs = self.backend.observe(all_ids)
         descriptions = self.backend.task_descriptions(all_ids)
@@ -306,7 +308,7 @@ class ChunkedVecEnv:
             obs = infos["final_obs"]
         if self.video is not None:
             frame_obs = infos["final_obs"]
-            self.video.add(frame_obs, rewards.sum(axis=1), success.any(axis=1), self._ep_step)
+            self.video.add(frame_obs, rewards.sum(axis=1), success.any(axis=1), steps_at_end)
         return obs, torch.from_numpy(rewards), torch.from_numpy(terms), torch.from_numpy(truncs), infos
 
     def close(self) -> None:

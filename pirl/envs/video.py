@@ -3,7 +3,8 @@
 Each frame tiles the batch's `main_images` in a grid (up to `max_envs` envs); with
 `info_on_video` every tile carries its env's step, chunk reward, success flag and
 instruction. Files: `<video_base_dir>/rank_<rank>/<name>_<index>.mp4`, a new file at every
-`new_episode()` (e.g. each rollout epoch) so a crash loses at most one file.
+`new_episode()` (each env reset) and every `max_frames` frames, so memory stays bounded
+and a crash loses at most one file.
 """
 from __future__ import annotations
 
@@ -72,12 +73,14 @@ class VideoRecorder:
         info_on_video: bool = True,
         max_envs: int = 16,
         name: str = "rollout",
+        max_frames: int = 500,
     ):
         self.dir = Path(video_base_dir) / f"rank_{rank}"
         self.fps = fps
         self.info_on_video = info_on_video
         self.max_envs = max_envs
         self.name = name
+        self.max_frames = max_frames
         self._frames: list[np.ndarray] = []
         self._index = 0
         self.paths: list[Path] = []
@@ -102,6 +105,8 @@ class VideoRecorder:
                 ]
             )
         self._frames.append(tile(images))
+        if len(self._frames) >= self.max_frames:
+            self.new_episode()
 
     def new_episode(self) -> Optional[Path]:
         """Write the frames gathered so far to a new mp4; returns its path (None if empty)."""
