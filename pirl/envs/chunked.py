@@ -193,7 +193,6 @@ class ChunkedVecEnv:
         self._term = np.zeros(b, dtype=bool)  # ended by termination, not yet reset
         self._trunc = np.zeros(b, dtype=bool)  # ended by truncation, not yet reset
         self._episode_index = np.zeros(b, dtype=np.int64)
-        self._last_descriptions = backend.task_descriptions(range(b))
         self._was_reset = False
 
     # ----------------------------------------------------------------- reset
