@@ -142,7 +142,8 @@ class Runner:
                     rec["r"].append(algos.chunk_rewards(rew[None], 1.0)[0])
                     rec["d"].append(done)
                     rec["tr"].append(truncated)
-                    rec["fv"].append(self._final_values(obs, infos, truncated))
+                    rec["fv"].append(self._final_values(obs, infos, truncated)
+                                     if bool(algo.bootstrap_on_truncation) else torch.zeros(env.num_envs))
                     rec["valid"].append(infos.get("valid", torch.ones(env.num_envs, dtype=torch.bool)))
                     for k in ep_stats:
                         ep_stats[k].append(infos["episode"][k][done])
@@ -177,8 +178,10 @@ class Runner:
     def compute_advantages(self, b: RolloutBatch) -> dict[str, float]:
         algo = self.cfg.algorithm
         if algo.adv_type == "gae":
+            boot = bool(algo.bootstrap_on_truncation)
             adv, ret = algos.compute_gae(b.rewards, b.values, b.dones, b.last_values, float(algo.gamma),
-                                         float(algo.gae_lambda), b.truncations, b.final_values)
+                                         float(algo.gae_lambda), b.truncations if boot else None,
+                                         b.final_values if boot else None)
         else:
             adv, keep = algos.compute_grpo_advantages(b.rewards, b.mask, int(algo.group_size))
             b.mask = b.mask & keep[None]
@@ -253,12 +256,16 @@ class Runner:
     def evaluate(self) -> dict[str, float]:
         """Deterministic ODE sampling, one episode per eval env; success of that episode."""
         env = self.eval_env
-        obs = env.reset(seed=int(self.cfg.env.eval.seed) + 7 * self.dist.rank, group_size=1)
+        seed = int(self.cfg.env.eval.seed) + 7 * self.dist.rank
+        obs = env.reset(seed=seed, group_size=1)
+        # Fixed initial noise too: the same weights always score the same, and comparisons
+        # before/after training see the same episodes and the same x1 draws.
+        gen = torch.Generator().manual_seed(seed)
         n_chunks = int(self.cfg.env.eval.max_episode_steps) // self.chunk
         success = torch.full((env.num_envs,), float("nan"))
         length = torch.zeros(env.num_envs)
         for _ in range(n_chunks):
-            out = self.rollout_policy.sample(self.rollout_policy.preprocess(obs), "eval")
+            out = self.rollout_policy.sample(self.rollout_policy.preprocess(obs), "eval", gen)
             obs, _, _, _, infos = env.chunk_step(out.actions.cpu())
             newly = infos["done"] & torch.isnan(success)
             success[newly] = infos["episode"]["success_once"][newly]

@@ -52,6 +52,10 @@ class AlgorithmConfig:
     update_epoch: int = 1  # passes over the rollout data per iteration
     gamma: float = 0.99  # discount per chunk step, in [0, 1]
     gae_lambda: float = 0.95  # in [0, 1]
+    # Truncated episodes (time limit, not a terminal state): bootstrap with γ·V(last obs)?
+    # Off by default: in the seeds' benchmarks success must come within max_episode_steps,
+    # so running out of time is a real failure and V(s) cannot see the clock.
+    bootstrap_on_truncation: bool = False
     normalize_advantages: bool = True  # over valid entries
     group_size: int = 1  # GRPO: consecutive envs that share an initial state
     filter_rewards: bool = False  # GRPO: drop groups whose mean success is outside [low, high]

@@ -25,7 +25,7 @@ def build_policy(model_cfg, state_dim: int) -> FlowPolicy:
     if model_cfg.model_type == "flow_mlp":
         from pirl.models.flow_mlp import FlowMLPPolicy
 
-        return FlowMLPPolicy(
+        policy = FlowMLPPolicy(
             state_dim=state_dim,
             spec=flow_spec(model_cfg),
             horizon=int(model_cfg.action_horizon),
@@ -36,6 +36,11 @@ def build_policy(model_cfg, state_dim: int) -> FlowPolicy:
             noise_std_range=tuple(model_cfg.openpi.noise_logvar_range),
             detach_critic_input=bool(model_cfg.openpi.detach_critic_input),
         )
+        if model_cfg.model_path:
+            from pirl.models.io import load_policy_weights
+
+            load_policy_weights(policy, model_cfg.model_path)
+        return policy
     if model_cfg.model_type == "openpi":
         from pirl.models.pi0 import build_pi0_policy
 

@@ -1,0 +1,61 @@
+"""pirl's own checkpoint format for flow policies: `model.safetensors` + `config.json`.
+
+Loading is strict (nanoGPT's lesson): any missing, unexpected, mis-shaped or mis-typed
+tensor is one error that lists them all, raised before a single weight is copied.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def save_policy(policy: nn.Module, directory: str | Path, config: dict) -> Path:
+    """Write weights and the model config; the folder is written whole, then renamed."""
+    out = Path(directory)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS))
+    (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+    if out.exists():
+        for f in out.iterdir():
+            f.unlink()
+        out.rmdir()
+    tmp.rename(out)
+    return out
+
+
+def read_policy_config(directory: str | Path) -> dict:
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"actor.model.model_path: {directory} has no {CONFIG}")
+    return json.loads(path.read_text())
+
+
+def load_policy_weights(policy: nn.Module, directory: str | Path) -> None:
+    path = Path(directory) / WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"actor.model.model_path: {directory} has no {WEIGHTS}")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise ValueError(f"actor.model.model_path: cannot read {path}: {e}") from e
+    own = policy.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    bad = [f"{k}: checkpoint {tuple(tensors[k].shape)} {tensors[k].dtype} vs model {tuple(own[k].shape)} {own[k].dtype}"
+           for k in sorted(set(own) & set(tensors))
+           if tensors[k].shape != own[k].shape or tensors[k].dtype != own[k].dtype]
+    if missing or unexpected or bad:
+        raise ValueError(f"checkpoint {path} does not match the model:\n  missing: {missing}\n"
+                         f"  unexpected: {unexpected}\n  mismatched: {bad}")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(tensors[k])
