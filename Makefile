@@ -1,0 +1,37 @@
+# The two commands of the README. Both set up everything from nothing and reuse what is there.
+#   make train   venv + install + the main job (reach2d, flow-SDE PPO, 2 ranks via the DeepSpeed launcher)
+#   make test    venv + install (simulators and system packages included) + the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CONFIG ?= reach2d_ppo_flow_sde
+ARGS   ?=
+
+.PHONY: install sim train test test-fast clean
+install: $(VENV)/.pirl-installed
+sim: $(VENV)/.sim-installed
+
+# torch is installed first and pinned: on a machine without CUDA it is the CPU build, and
+# nothing installed after it may replace it with a CUDA build.
+$(VENV)/.pirl-installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]" "torch==2.13.0"
+	touch $@
+
+$(VENV)/.sim-installed: $(VENV)/.pirl-installed scripts/install_sim_deps.sh
+	bash scripts/install_sim_deps.sh $(PY)
+	touch $@
+
+train: install
+	launcher/run.sh $(CONFIG) $(ARGS)
+
+test: install sim
+	$(PY) -m pytest -q tests $(ARGS)
+
+# Everything but the simulator tiers (no apt, no simulator packages).
+test-fast: install
+	$(PY) -m pytest -q tests --ignore-glob='tests/test_envs_[mlc]*' $(ARGS)
+
+clean:
+	rm -rf $(VENV) .cache results
