@@ -69,6 +69,7 @@ class AlgorithmConfig:
     huber_delta: float = 10.0  # huber value loss: quadratic below, linear above
     value_loss_coef: float = 1.0  # weight of the value loss in actor_critic
     entropy_bonus: float = 0.0  # flow-sde: 0.0; flow-noise: 0.005 (seeds)
+    loss_agg_mode: str = "token-mean"  # token-mean | seq-mean-token-sum | seq-mean-token-mean
     max_grad_norm: Optional[float] = None  # alias of actor.optim.clip_grad when set
 
 
@@ -137,6 +138,14 @@ class OpenPIConfig:
     paligemma: Optional[dict] = None  # GemmaSpec fields of the VLM, e.g. {depth: 4}
     expert: Optional[dict] = None  # GemmaSpec fields of the action expert
     vision: Optional[dict] = None  # SiglipSpec fields of the image encoder
+    tokenizer_path: Optional[str] = None  # PaliGemma SentencePiece model (paligemma_tokenizer.model)
+    norm_stats_path: Optional[str] = None  # norm_stats.json; default: found beside the checkpoint
+    asset_id: Optional[str] = None  # assets/<asset_id>/norm_stats.json of an openpi checkpoint
+    normalization: Optional[str] = None  # zscore | quantile; null: zscore for π0, quantile for π0.5
+    delta_action_mask: Optional[list] = None  # per action dim: True where actions are deltas of the state
+    train_augment: bool = False  # train-time image augmentation in the processor
+    lora_targets: list = field(default_factory=lambda: ["vlm"])  # towers with LoRA: vlm, expert, vision
+    checkpoint_format: Optional[str] = None  # pirl | openpi | lerobot; null: detected from the files
 
 
 @dataclass

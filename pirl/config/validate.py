@@ -28,6 +28,7 @@ REWARD_TYPES = ("chunk_level", "action_level")
 ADV_TYPES = ("gae", "grpo")
 LOSS_TYPES = ("actor_critic", "actor")
 VALUE_LOSS_TYPES = ("huber", "mse")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")  # pirl.algos.losses
 LOGGER_BACKENDS = ("tensorboard", "wandb", "swanlab")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -105,6 +106,7 @@ _CHOICES: list[tuple[str, tuple[str, ...]]] = [
     ("algorithm.reward_type", REWARD_TYPES),
     ("algorithm.logprob_type", LOGPROB_TYPES),
     ("algorithm.value_loss_type", VALUE_LOSS_TYPES),
+    ("algorithm.loss_agg_mode", LOSS_AGG_MODES),
     ("env.train.simulator_type", SIMULATOR_TYPES),
     ("env.eval.simulator_type", SIMULATOR_TYPES),
     ("actor.model.model_type", MODEL_TYPES),
