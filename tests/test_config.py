@@ -129,7 +129,7 @@ def test_group_choice_override_on_shipped_configs(load):
     cfg = load("model=pi0_tiny")
     assert cfg.actor.model.model_type == "openpi"
     assert cfg.actor.model.openpi.config_name == "pi0_tiny"
-    assert cfg.actor.model.action_model_dim == 8 and cfg.actor.model.action_dim == 2
+    assert cfg.actor.model.action_model_dim == 16 and cfg.actor.model.action_dim == 2
     cfg = load("algorithm=ppo_flow_noise")
     assert cfg.actor.model.openpi.noise_method == "flow_noise"
 
