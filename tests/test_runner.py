@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["env.train.total_num_envs=8", "env.eval.total_num_envs=8", "actor.micro_batch_size=16",
-         "actor.global_batch_size=32", "cluster.num_gpus_per_node=1", "runner.val_check_interval=0"]
+SMALL = ["env.train.total_num_envs=32", "env.eval.total_num_envs=8", "actor.micro_batch_size=32",
+         "actor.global_batch_size=64", "cluster.num_gpus_per_node=1", "runner.val_check_interval=0"]
 
 
 def _train(log_path: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
