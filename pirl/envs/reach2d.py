@@ -128,7 +128,10 @@ class Reach2DEnv:
     # ---- observations -----------------------------------------------------------------
     def _obs(self) -> Obs:
         goal_onehot = torch.nn.functional.one_hot(self.goal, self.num_targets).float()
-        states = torch.cat([self.pos, self.targets.flatten(1), goal_onehot], dim=1)
+        # Egocentric: each target relative to the agent, so the move the instruction asks
+        # for is (one-hot-selected) state entries, not a difference the network must learn.
+        rel = (self.targets - self.pos[:, None, :]).flatten(1)  # (B, 2N)
+        states = torch.cat([self.pos, rel, goal_onehot], dim=1)
         obs: Obs = {
             "states": states.clone(),
             "task_descriptions": [f"move to the {COLOURS[int(g)]} target" for g in self.goal],

@@ -16,6 +16,12 @@ from pirl.models.heads import NoiseHead, ValueHead
 from pirl.models.policy import ChunkEval, ChunkSample, FlowPolicy
 
 TIME_EMB_DIM = 32
+# The network predicts the clean action x̂0; the velocity is derived as v = (x_t − x̂0)/t
+# (so that x_t − t·v = x̂0, DESIGN.md's convention). The divisor is floored: chains only
+# visit t >= 1/K, and supervised flow matching (pirl.flow.matching) draws t down to 1e-3,
+# where 1/t² would weight the squared error by up to 1e6.
+MIN_T = 0.05
+PREDICTIONS = ("sample", "velocity")
 
 
 def sinusoidal_time_embedding(t: torch.Tensor, dim: int = TIME_EMB_DIM,
@@ -39,8 +45,12 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 class FlowMLPPolicy(FlowPolicy):
     def __init__(self, state_dim: int, spec: FlowSpec, horizon: int, action_dim: int,
                  hidden_dim: int = 128, num_layers: int = 3, add_value_head: bool = True,
-                 noise_std_range: tuple[float, float] = (0.08, 0.16), detach_critic_input: bool = False):
+                 noise_std_range: tuple[float, float] = (0.08, 0.16), detach_critic_input: bool = False,
+                 prediction: str = "sample"):
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"flow_mlp prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.prediction = prediction
         if spec.action_chunk > horizon or spec.action_env_dim > action_dim:
             raise ValueError(f"executed chunk ({spec.action_chunk}, {spec.action_env_dim}) exceeds the "
                              f"model's (horizon, action dim) = ({horizon}, {action_dim})")
@@ -49,6 +59,11 @@ class FlowMLPPolicy(FlowPolicy):
         self.encoder = mlp([state_dim, hidden_dim, hidden_dim])
         self.velocity_trunk = mlp([hidden_dim + horizon * action_dim + TIME_EMB_DIM] + [hidden_dim] * num_layers)
         self.velocity_out = nn.Linear(hidden_dim, horizon * action_dim)
+        if prediction == "sample":
+            # x̂0 = 0 at the start: the untrained policy stays put instead of acting on the
+            # exogenous initial noise x1, so exploration comes from the scored transitions.
+            nn.init.zeros_(self.velocity_out.weight)
+            nn.init.zeros_(self.velocity_out.bias)
         self.noise_head = NoiseHead(hidden_dim, horizon * action_dim, noise_std_range) if spec.noise_method == FLOW_NOISE else None
         self.value_head = ValueHead(hidden_dim) if add_value_head else None
 
@@ -58,7 +73,11 @@ class FlowMLPPolicy(FlowPolicy):
         B = x_t.shape[0]
         h = torch.cat([features, x_t.flatten(1).to(features.dtype), sinusoidal_time_embedding(t).to(features.dtype)], dim=-1)
         h = nn.functional.silu(self.velocity_trunk(h))
-        v = self.velocity_out(h).view(B, self.horizon, self.action_dim)
+        out = self.velocity_out(h).view(B, self.horizon, self.action_dim)
+        if self.prediction == "sample":
+            v = (x_t.to(out.dtype) - out) / t.to(out.dtype).clamp(min=MIN_T).view(B, 1, 1)
+        else:
+            v = out
         std = self.noise_head(h).view(B, self.horizon, self.action_dim) if self.noise_head is not None else None
         return v, std
 
