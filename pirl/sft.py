@@ -101,8 +101,9 @@ def warm_start(cfg, episodes_per_env: int, num_envs: int = 16, noise: float = 0.
     split = cfg.env.train
     if str(split.simulator_type) != "reach2d":
         raise ValueError(f"pirl.sft warm starts reach2d only; env.train.simulator_type is {split.simulator_type!r}")
+    extra = dict(split.extra) | {"render": False}  # demos need states only
     env = Reach2DEnv(num_envs, max_episode_steps=int(split.max_episode_steps), auto_reset=False,
-                     render=False, seed=seed, **dict(split.extra))
+                     seed=seed, **extra)
     chunk = int(cfg.actor.model.num_action_chunks)
     states, actions = collect_demos(env, episodes_per_env, chunk, noise, seed)
     torch.manual_seed(seed)

@@ -1,0 +1,130 @@
+"""Learning curves on reach2d: eval success per iteration of each shipped reach2d experiment
+(flow-SDE PPO, flow-noise PPO, flow-SDE GRPO), for several seeds, from the few-shot
+supervised warm start (pirl.sft) through the real launcher (2 ranks, ZeRO-3).
+
+    python bench/learning.py                          # 3 seeds, 60 iterations, eval every 5
+    python bench/learning.py --seeds 0 --iterations 20 --experiments reach2d_ppo_flow_sde
+    python bench/learning.py --write docs/benchmarks.md   # replace its "## Learning" section
+
+Eval is deterministic (fixed episodes and initial noise, ODE sampling), so a curve moves
+only when the weights do. The seed changes the demos, the RL rollouts and the runner seed;
+the eval episodes stay the same.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+EXPERIMENTS = ("reach2d_ppo_flow_sde", "reach2d_ppo_flow_noise", "reach2d_grpo_flow_sde")
+TARGETS = {"reach2d_ppo_flow_sde": 0.90, "reach2d_ppo_flow_noise": 0.80, "reach2d_grpo_flow_sde": 0.80}
+SECTION = "## Learning"
+EVAL_LINE = re.compile(r"^iter (\d+) \|.*eval/success_once=([0-9.]+)")
+BEFORE_LINE = re.compile(r"eval before training: success ([0-9.]+)")
+
+
+def curve(name: str, seed: int, iterations: int, every: int, sft_episodes: int, ds_config: str,
+          workdir: Path) -> tuple[dict[int, float], float]:
+    """Eval success by iteration {0: warm start, every: ..., ...} and the run's wall seconds."""
+    from pirl.config import load_config
+    from pirl.models.io import save_policy
+    from pirl.sft import warm_start
+
+    cfg = load_config(name)
+    policy, _ = warm_start(cfg, sft_episodes, seed=seed)
+    ckpt = save_policy(policy, workdir / f"sft_{name}_{seed}", {"model_type": "flow_mlp"})
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+    cmd = ["bash", str(ROOT / "launcher" / "run.sh"), name, f"actor.model.model_path={ckpt}",
+           f"runner.max_epochs={iterations}", f"runner.val_check_interval={every}", "runner.save_interval=0",
+           "runner.eval_before_train=True", f"runner.seed={1234 + seed}", f"env.train.seed={seed}",
+           f"runner.logger.log_path={workdir / 'runs'}", f"actor.ds_config={ds_config}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} seed {seed} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    points: dict[int, float] = {}
+    for line in proc.stdout.replace("\r", "\n").splitlines():
+        if m := BEFORE_LINE.search(line):
+            points[0] = float(m.group(1))
+        elif m := EVAL_LINE.search(line):
+            points[int(m.group(1))] = float(m.group(2))
+    return points, wall
+
+
+def first_reaching(points: dict[int, float], target: float) -> str:
+    hits = [i for i, s in sorted(points.items()) if s >= target]
+    return str(hits[0]) if hits else "not reached"
+
+
+def markdown(results: dict, iterations: int, every: int, sft_episodes: int, ds_config: str, command: str) -> str:
+    cols = list(range(0, iterations + 1, every))
+    lines = [
+        SECTION, "",
+        f"`{command}` on the 2-core CPU machine: `launcher/run.sh` (DeepSpeed launcher, 2 ranks, "
+        f"`{ds_config}`), warm start from {sft_episodes * 16} scripted-expert episodes "
+        "(`pirl.sft`, flow matching), eval success of 128 fixed episodes with fixed initial noise "
+        "(ODE sampling) every few iterations. Iteration 0 is the warm start.", "",
+        "| experiment | seed | " + " | ".join(f"it {c}" for c in cols) + " | first iteration at target | run s |",
+        "|---|---|" + "---|" * len(cols) + "---|---|",
+    ]
+    for name, per_seed in results.items():
+        for seed, (points, wall) in per_seed.items():
+            cells = [f"{points[c]:.3f}" if c in points else "" for c in cols]
+            lines.append(f"| {name} (target {TARGETS[name]:.2f}) | {seed} | " + " | ".join(cells)
+                         + f" | {first_reaching(points, TARGETS[name])} | {wall:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(doc: Path, section: str) -> None:
+    """Put `section` in place of the doc's "## Learning" section (up to the next "## "),
+    or append it; other sections are kept as they are."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    start = text.find(SECTION + "\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        nxt = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
+    doc.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--iterations", type=int, default=60)
+    ap.add_argument("--every", type=int, default=5, help="eval interval in iterations")
+    ap.add_argument("--sft-episodes", type=int, default=2, help="demo episodes per env (16 envs)")
+    ap.add_argument("--ds-config", default="ds_configs/zero3.json")
+    ap.add_argument("--write", type=Path, default=None, help="markdown file whose Learning section to replace")
+    args = ap.parse_args(argv)
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="pirl_learning_") as tmp:
+        for name in args.experiments:
+            results[name] = {}
+            for seed in args.seeds:
+                points, wall = curve(name, seed, args.iterations, args.every, args.sft_episodes,
+                                     args.ds_config, Path(tmp))
+                results[name][seed] = (points, wall)
+                print(f"{name} seed {seed}: " + " ".join(f"{k}:{v:.3f}" for k, v in sorted(points.items()))
+                      + f"  ({wall:.0f} s)", flush=True)
+    command = "python bench/learning.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = markdown(results, args.iterations, args.every, args.sft_episodes, args.ds_config, command.strip())
+    print(table)
+    if args.write is not None:
+        replace_section(args.write, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
