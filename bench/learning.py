@@ -3,7 +3,7 @@
 supervised warm start (pirl.sft) through the real launcher (2 ranks, ZeRO-3).
 
     python bench/learning.py                          # 3 seeds, 60 iterations, eval every 5
-    python bench/learning.py --seeds 0 --iterations 20 --experiments reach2d_ppo_flow_sde
+    python bench/learning.py --seeds 0 --iterations 20 --experiments reach2d_learn_ppo_flow_sde
     python bench/learning.py --write docs/benchmarks.md   # replace its "## Learning" section
 
 Eval is deterministic (fixed episodes and initial noise, ODE sampling), so a curve moves
@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-EXPERIMENTS = ("reach2d_ppo_flow_sde", "reach2d_ppo_flow_noise", "reach2d_grpo_flow_sde")
-TARGETS = {"reach2d_ppo_flow_sde": 0.90, "reach2d_ppo_flow_noise": 0.80, "reach2d_grpo_flow_sde": 0.80}
+EXPERIMENTS = ("reach2d_learn_ppo_flow_sde", "reach2d_learn_ppo_flow_noise", "reach2d_learn_grpo_flow_sde")
+TARGETS = {"reach2d_learn_ppo_flow_sde": 0.90, "reach2d_learn_ppo_flow_noise": 0.80, "reach2d_learn_grpo_flow_sde": 0.80}
 SECTION = "## Learning"
 EVAL_LINE = re.compile(r"^iter (\d+) \|.*eval/success_once=([0-9.]+)")
 BEFORE_LINE = re.compile(r"eval before training: success ([0-9.]+)")

@@ -25,9 +25,9 @@ LAUNCHER = ROOT / "launcher" / "run.sh"
 
 # experiment -> (iterations, success it must reach)
 BUDGETS = {
-    "reach2d_ppo_flow_sde": (60, 0.90),
-    "reach2d_ppo_flow_noise": (50, 0.80),
-    "reach2d_grpo_flow_sde": (50, 0.80),
+    "reach2d_learn_ppo_flow_sde": (60, 0.90),
+    "reach2d_learn_ppo_flow_noise": (50, 0.80),
+    "reach2d_learn_grpo_flow_sde": (50, 0.80),
 }
 SFT_EPISODES_PER_ENV = 2  # x 16 envs = 32 demonstrated episodes
 WARM_START_MAX = 0.65  # the warm start must leave RL real work to do

@@ -23,7 +23,7 @@ ARENA = 0.8  # targets and agent start inside [-ARENA, ARENA]²; the agent may n
 
 class Reach2DEnv:
     def __init__(self, num_envs: int, max_episode_steps: int = 16, num_targets: int = 3,
-                 speed: float = 0.3, success_radius: float = 0.2, image_size: int = 64,
+                 speed: float = 0.15, success_radius: float = 0.15, image_size: int = 64,
                  auto_reset: bool = True, ignore_terminations: bool = False,
                  use_rel_reward: bool = False, reward_coef: float = 1.0, seed: int = 0,
                  render: bool = True, device: str | torch.device = "cpu"):
