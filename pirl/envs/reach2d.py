@@ -5,7 +5,9 @@ Vectorized in torch (all B envs in one process, no simulator dependency), implem
 the env protocol of pirl/envs/base.py: rendered RGB observation, state vector, language
 instruction, chunked actions, sparse success reward, seeds, group resets for GRPO.
 
-State (B, 2 + 2·N + N): agent xy, the N target xys, one-hot of the goal colour.
+State (B, 2 + 2·N + N): agent xy, the N targets' xy relative to the agent (egocentric:
+the move the instruction asks for is a state entry the goal's one-hot selects), one-hot
+of the goal colour.
 Action (B, C, 2): a velocity in [-1, 1]² per env step; the agent moves `speed`·a.
 """
 from __future__ import annotations

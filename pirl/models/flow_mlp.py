@@ -1,5 +1,7 @@
-"""flow_mlp: a state-based flow-matching policy. An MLP velocity field over (state, x_t, t)
-producing an action chunk (H, D), with a value head and a learned-noise head.
+"""flow_mlp: a state-based flow-matching policy. An MLP over (state, x_t, t) producing an
+action chunk (H, D), with a value head and a learned-noise head. By default the MLP
+predicts the clean action x̂0 and the velocity follows from it (`prediction="sample"`);
+`prediction="velocity"` reads the MLP's output as v directly (π0's parameterization).
 
 It implements the same `FlowPolicy` interface as π0, so every algorithm, kernel and
 runner path is exercised by it in seconds, and it is a real model for state-based tasks.
