@@ -74,6 +74,15 @@ def markdown(results: dict, iterations: int, every: int, sft_episodes: int, ds_c
         f"`{ds_config}`), warm start from {sft_episodes * 16} scripted-expert episodes "
         "(`pirl.sft`, flow matching), eval success of 128 fixed episodes with fixed initial noise "
         "(ODE sampling) every few iterations. Iteration 0 is the warm start.", "",
+        "What makes it learn (configs/reach2d_learn_*.yaml): flow_mlp predicts the clean action "
+        "x̂0 and derives v, one denoising step with noise_level 1.0 (flow-noise: std in "
+        "[0.5, 1.0]), so the scored transition, not the unscored initial noise x1, carries the "
+        "exploration; an egocentric state; 16 optimizer steps of lr 1e-3 per iteration. From "
+        "scratch (no warm start, one process, one seed) the same PPO setup went 0.06 -> 0.59 "
+        "in 60 iterations and 0.875 in 100 (with 2 targets: 0.94 in 40); with 4 denoising "
+        "steps from the warm start, 0.45 -> 0.48 in 10 iterations (1 step: 0.73); the "
+        "seed-sized reach2d_* jobs (4 steps, noise 0.5, lr 3e-4, 4 optimizer steps per "
+        "iteration, speed 0.15) stay near their start (0.05 -> 0.10 in 60).", "",
         "| experiment | seed | " + " | ".join(f"it {c}" for c in cols) + " | first iteration at target | run s |",
         "|---|---|" + "---|" * len(cols) + "---|---|",
     ]
