@@ -30,7 +30,7 @@ LAUNCHER = ROOT / "launcher" / "run.sh"
 
 # experiment -> (iterations, success it must reach)
 BUDGETS = {
-    "reach2d_learn_ppo_flow_sde": (60, 0.90),
+    "reach2d_learn_ppo_flow_sde": (50, 0.90),
     "reach2d_learn_ppo_flow_noise": (50, 0.80),
     "reach2d_learn_grpo_flow_sde": (50, 0.80),
 }
