@@ -1,10 +1,12 @@
 # The two commands of the README. Both set up everything from nothing and reuse what is there.
-#   make train   venv + install + the main job (reach2d, flow-SDE PPO, 2 ranks via the DeepSpeed launcher)
+#   make train   venv + install + the main job: a few-shot supervised warm start (scripted-expert
+#                demos, flow matching), then flow-SDE PPO on reach2d, 2 ranks via the DeepSpeed launcher
 #   make test    venv + install (simulators and system packages included) + the whole test suite
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-CONFIG ?= reach2d_ppo_flow_sde
+CONFIG ?= reach2d_learn_ppo_flow_sde
+WARM   := results/warm_start/$(CONFIG)
 ARGS   ?=
 
 .PHONY: install sim train test test-fast clean
@@ -24,7 +26,8 @@ $(VENV)/.sim-installed: $(VENV)/.pirl-installed scripts/install_sim_deps.sh
 	touch $@
 
 train: install
-	launcher/run.sh $(CONFIG) $(ARGS)
+	$(PY) -m pirl.sft --config-name $(CONFIG) --out $(WARM) --episodes 2
+	launcher/run.sh $(CONFIG) actor.model.model_path=$(abspath $(WARM)) $(ARGS)
 
 test: install sim
 	$(PY) -m pytest -q tests $(ARGS)

@@ -37,6 +37,8 @@ if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$ROOT/.cache/torch_extensions}"
 export PYTHONUNBUFFERED=1
+# torch.distributed deprecation notices from inside DeepSpeed, once per collective call
+export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::FutureWarning}"
 
 cd "$ROOT"
 "$PY" train.py --config-name "$CONFIG" --world-size "$WORLD" --dry-run "$@" >/dev/null

@@ -158,6 +158,7 @@ class ModelConfig:
     action_model_dim: int = "${actor.model.action_dim}"  # type: ignore[assignment]  # model D >= D_env
     num_steps: int = 4  # denoising steps K
     precision: str = "fp32"  # fp32 | bf16 | fp16
+    prediction: str = "sample"  # flow_mlp output: sample (x̂0, v derived) | velocity (v directly)
     hidden_dim: int = 128  # flow_mlp width
     num_layers: int = 3  # flow_mlp depth
     add_value_head: bool = True  # critic head (PPO/GAE needs it; GRPO does not)

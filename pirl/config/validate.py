@@ -111,6 +111,7 @@ _CHOICES: list[tuple[str, tuple[str, ...]]] = [
     ("env.eval.simulator_type", SIMULATOR_TYPES),
     ("actor.model.model_type", MODEL_TYPES),
     ("actor.model.precision", PRECISIONS),
+    ("actor.model.prediction", ("sample", "velocity")),  # pirl.models.flow_mlp.PREDICTIONS
     ("actor.model.openpi.noise_method", NOISE_METHODS),
     ("actor.optim.lr_scheduler", LR_SCHEDULERS),
 ]

@@ -35,6 +35,7 @@ def build_policy(model_cfg, state_dim: int) -> FlowPolicy:
             add_value_head=bool(model_cfg.add_value_head),
             noise_std_range=tuple(model_cfg.openpi.noise_logvar_range),
             detach_critic_input=bool(model_cfg.openpi.detach_critic_input),
+            prediction=str(model_cfg.prediction),
         )
         if model_cfg.model_path:
             from pirl.models.io import load_policy_weights
