@@ -37,3 +37,19 @@ def test_maniskill_ppo_one_rank(tmp_path):
     hosts.write_text("localhost slots=1\n")
     _check(_launch("maniskill_pickcube_ppo_flow_mlp", hosts, tmp_path / "logs", "env.train.max_episode_steps=16",
                    "actor.global_batch_size=16", "env.eval.max_episode_steps=16"))
+
+
+def test_tiny_pi0_metaworld_ppo_two_ranks(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost slots=2\n")
+    # MetaWorld's 39-D state pads into π0's action/state width
+    _check(_launch("metaworld_reach_ppo_flow_mlp", hosts, tmp_path / "logs", "model=pi0_tiny",
+                   "actor.model.action_model_dim=40", "env.train.extra.render=True", "env.eval.extra.render=True"))
+
+
+def test_tiny_pi0_maniskill_ppo_one_rank(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost slots=1\n")
+    _check(_launch("maniskill_pickcube_ppo_flow_mlp", hosts, tmp_path / "logs", "model=pi0_tiny",
+                   "actor.model.action_model_dim=48", "env.train.extra.render=True", "env.eval.extra.render=True",
+                   "env.train.max_episode_steps=16", "actor.global_batch_size=16", "env.eval.max_episode_steps=16"))
