@@ -45,6 +45,8 @@ class RolloutBatch:
     mask: torch.Tensor | None = None  # (T, B) bool, trainable samples
     success: torch.Tensor | None = None  # (B,) success_once of the env's (first) episode
     last_values: torch.Tensor | None = None  # (B,) V(obs after the last chunk step)
+    advantages: torch.Tensor | None = None  # (T, B), set by Runner.compute_advantages
+    returns: torch.Tensor | None = None  # (T, B) critic targets, likewise
 
 
 def _stack(items: list[torch.Tensor]) -> torch.Tensor:
@@ -198,7 +200,7 @@ class Runner:
             # how the envs are split across ranks.
             std = max(stats[1].item() / n - mean**2, 0.0) ** 0.5
             adv = torch.where(b.mask, (adv - mean) / (std + 1e-8), torch.zeros_like(adv))
-        b.advantages, b.returns = adv, ret  # type: ignore[attr-defined]
+        b.advantages, b.returns = adv, ret
         return metrics
 
     # ---- update -------------------------------------------------------------------------
@@ -219,7 +221,7 @@ class Runner:
             "forward_inputs": {k: v.flatten(0, 1) for k, v in b.forward_inputs.items()},
             "chains": b.chains.flatten(0, 1), "step_mask": b.step_mask.flatten(0, 1),
             "logprob": b.logprob.flatten(0, 1), "values": b.values.flatten(0, 1),
-            "advantages": b.advantages.flatten(0, 1), "returns": b.returns.flatten(0, 1),  # type: ignore[attr-defined]
+            "advantages": b.advantages.flatten(0, 1), "returns": b.returns.flatten(0, 1),
             "mask": b.mask.flatten(0, 1),
         }
         n = flat["chains"].shape[0]

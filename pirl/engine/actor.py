@@ -192,8 +192,9 @@ class ActorEngine:
             else:
                 for k in chunk:
                     dst[k].copy_(src[k].data.to(dst[k].device, dst[k].dtype))
+        dst_buffers = dict(target.named_buffers())
         for name, buf in self.engine.module.named_buffers():
-            dict(target.named_buffers())[name].copy_(buf)
+            dst_buffers[name].copy_(buf)
 
     # ---- offload (colocated placement) ---------------------------------------------------------
     def offload(self) -> None:
