@@ -5,6 +5,8 @@ supervised warm start (pirl.sft) through the real launcher (2 ranks, ZeRO-3).
     python bench/learning.py                          # 3 seeds, 60 iterations, eval every 5
     python bench/learning.py --seeds 0 --iterations 20 --experiments reach2d_learn_ppo_flow_sde
     python bench/learning.py --write docs/benchmarks.md   # replace its "## Learning" section
+    python bench/learning.py --model pi05_tiny ...    # tiny π0.5 instead of flow_mlp
+                                                      # (section "## Learning: pi05_tiny")
 
 Eval is deterministic (fixed episodes and initial noise, ODE sampling), so a curve moves
 only when the weights do. The seed changes the demos, the RL rollouts and the runner seed;
@@ -27,23 +29,30 @@ sys.path.insert(0, str(ROOT))
 EXPERIMENTS = ("reach2d_learn_ppo_flow_sde", "reach2d_learn_ppo_flow_noise", "reach2d_learn_grpo_flow_sde")
 TARGETS = {"reach2d_learn_ppo_flow_sde": 0.90, "reach2d_learn_ppo_flow_noise": 0.80, "reach2d_learn_grpo_flow_sde": 0.80}
 SECTION = "## Learning"
+# The tiny VLAs on reach2d: one denoising step as flow_mlp, the whole model trained (random
+# weights: a frozen random VLM carries no task information), the main camera rendered.
+MODEL_OVERRIDES = {
+    "flow_mlp": [],
+    "pi0_tiny": ["model=pi0_tiny", "actor.model.num_steps=1", "actor.model.openpi.train_expert_only=False",
+                 "env.train.extra.render=True", "env.eval.extra.render=True"],
+}
+MODEL_OVERRIDES["pi05_tiny"] = ["model=pi05_tiny"] + MODEL_OVERRIDES["pi0_tiny"][1:]
 EVAL_LINE = re.compile(r"^iter (\d+) \|.*eval/success_once=([0-9.]+)")
 BEFORE_LINE = re.compile(r"eval before training: success ([0-9.]+)")
 
 
-def curve(name: str, seed: int, iterations: int, every: int, sft_episodes: int, ds_config: str,
-          workdir: Path) -> tuple[dict[int, float], float]:
+def curve(name: str, seed: int, iterations: int, every: int, sft_episodes: int, sft_steps: int, ds_config: str,
+          workdir: Path, overrides: list[str]) -> tuple[dict[int, float], float]:
     """Eval success by iteration {0: warm start, every: ..., ...} and the run's wall seconds."""
     from pirl.config import load_config
-    from pirl.models.io import save_policy
     from pirl.sft import warm_start
 
-    cfg = load_config(name)
-    policy, _ = warm_start(cfg, sft_episodes, seed=seed)
-    ckpt = save_policy(policy, workdir / f"sft_{name}_{seed}", {"model_type": "flow_mlp"})
+    cfg = load_config(name, overrides=overrides)
+    policy, _ = warm_start(cfg, sft_episodes, steps=sft_steps, seed=seed)
+    ckpt = policy.save_pretrained(workdir / f"sft_{name}_{seed}")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
-    cmd = ["bash", str(ROOT / "launcher" / "run.sh"), name, f"actor.model.model_path={ckpt}",
+    cmd = ["bash", str(ROOT / "launcher" / "run.sh"), name, *overrides, f"actor.model.model_path={ckpt}",
            f"runner.max_epochs={iterations}", f"runner.val_check_interval={every}", "runner.save_interval=0",
            "runner.eval_before_train=True", f"runner.seed={1234 + seed}", f"env.train.seed={seed}",
            f"runner.logger.log_path={workdir / 'runs'}", f"actor.ds_config={ds_config}"]
@@ -66,43 +75,66 @@ def first_reaching(points: dict[int, float], target: float) -> str:
     return str(hits[0]) if hits else "not reached"
 
 
-def markdown(results: dict, iterations: int, every: int, sft_episodes: int, ds_config: str, command: str) -> str:
+FLOW_MLP_NOTE = (
+    "What makes it learn (configs/reach2d_learn_*.yaml): flow_mlp predicts the clean action "
+    "x̂0 and derives v, one denoising step with noise_level 1.0 (flow-noise: std in "
+    "[0.5, 1.0]), so the scored transition, not the unscored initial noise x1, carries the "
+    "exploration; an egocentric state; 16 optimizer steps of lr 1e-3 per iteration. From "
+    "scratch (no warm start, one process, one seed) the same PPO setup went 0.06 -> 0.59 "
+    "in 60 iterations and 0.875 in 100 (with 2 targets: 0.94 in 40); with 4 denoising "
+    "steps from the warm start, 0.45 -> 0.48 in 10 iterations (1 step: 0.73); the "
+    "seed-sized reach2d_* jobs (4 steps, noise 0.5, lr 3e-4, 4 optimizer steps per "
+    "iteration, speed 0.15) stay near their start (0.05 -> 0.10 in 60).")
+VLA_NOTE = (
+    "The tiny VLA from random weights is warm-started by `pirl.sft` through its own processor "
+    "and `sft_loss` (norm stats computed from the demos travel with the checkpoint), then "
+    "trained whole (overrides in `MODEL_OVERRIDES`: one denoising step, "
+    "`train_expert_only=False`, the main camera rendered at 64 px, resized to the tiny "
+    "SigLIP's 28 px); the PPO settings are the flow_mlp ones (lr 1e-3, noise_level 1.0). "
+    "π0 reads the normalized state through its continuous state token; π0.5 only as 256-bin "
+    "numbers in the prompt, which the byte tokenizer spells digit by digit, so the tiny π0.5 "
+    "generalizes poorly from demos (4 demo episodes per env, 400 steps: 0.20-0.23 eval "
+    "success, also with a 4-layer VLM; π0: 0.44) and starts and ends lower.")
+
+
+def markdown(results: dict, iterations: int, every: int, sft_episodes: int, sft_steps: int, ds_config: str,
+             command: str, model: str = "flow_mlp") -> str:
     cols = list(range(0, iterations + 1, every))
+    vla = model != "flow_mlp"
     lines = [
-        SECTION, "",
+        SECTION if not vla else f"{SECTION}: {model}", "",
         f"`{command}` on the 2-core CPU machine: `launcher/run.sh` (DeepSpeed launcher, 2 ranks, "
         f"`{ds_config}`), warm start from {sft_episodes * 16} scripted-expert episodes "
-        "(`pirl.sft`, flow matching), eval success of 128 fixed episodes with fixed initial noise "
-        "(ODE sampling) every few iterations. Iteration 0 is the warm start.", "",
-        "What makes it learn (configs/reach2d_learn_*.yaml): flow_mlp predicts the clean action "
-        "x̂0 and derives v, one denoising step with noise_level 1.0 (flow-noise: std in "
-        "[0.5, 1.0]), so the scored transition, not the unscored initial noise x1, carries the "
-        "exploration; an egocentric state; 16 optimizer steps of lr 1e-3 per iteration. From "
-        "scratch (no warm start, one process, one seed) the same PPO setup went 0.06 -> 0.59 "
-        "in 60 iterations and 0.875 in 100 (with 2 targets: 0.94 in 40); with 4 denoising "
-        "steps from the warm start, 0.45 -> 0.48 in 10 iterations (1 step: 0.73); the "
-        "seed-sized reach2d_* jobs (4 steps, noise 0.5, lr 3e-4, 4 optimizer steps per "
-        "iteration, speed 0.15) stay near their start (0.05 -> 0.10 in 60).", "",
-        "| experiment | seed | " + " | ".join(f"it {c}" for c in cols) + " | first iteration at target | run s |",
+        f"(`pirl.sft`, {sft_steps} flow-matching steps), eval success of 128 fixed episodes with "
+        "fixed initial noise (ODE sampling) every few iterations. Iteration 0 is the warm start.", "",
+        VLA_NOTE if vla else FLOW_MLP_NOTE, "",
+        "| experiment | seed | " + " | ".join(f"it {c}" for c in cols)
+        + (" | gain | run s |" if vla else " | first iteration at target | run s |"),
         "|---|---|" + "---|" * len(cols) + "---|---|",
     ]
     for name, per_seed in results.items():
         for seed, (points, wall) in per_seed.items():
             cells = [f"{points[c]:.3f}" if c in points else "" for c in cols]
-            lines.append(f"| {name} (target {TARGETS[name]:.2f}) | {seed} | " + " | ".join(cells)
-                         + f" | {first_reaching(points, TARGETS[name])} | {wall:.0f} |")
+            if vla:
+                last = max(points)
+                lines.append(f"| {name} | {seed} | " + " | ".join(cells)
+                             + f" | {points[last] - points[0]:+.3f} | {wall:.0f} |")
+            else:
+                lines.append(f"| {name} (target {TARGETS[name]:.2f}) | {seed} | " + " | ".join(cells)
+                             + f" | {first_reaching(points, TARGETS[name])} | {wall:.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def replace_section(doc: Path, section: str) -> None:
-    """Put `section` in place of the doc's "## Learning" section (up to the next "## "),
+    """Put `section` in place of the doc's section of the same title (up to the next "## "),
     or append it; other sections are kept as they are."""
+    title = section.split("\n", 1)[0]
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start = text.find(SECTION + "\n")
+    start = text.find(title + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        nxt = text.find("\n## ", start + len(SECTION))
+        nxt = text.find("\n## ", start + len(title))
         text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
     doc.write_text(text)
 
@@ -113,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--every", type=int, default=5, help="eval interval in iterations")
+    ap.add_argument("--model", default="flow_mlp", choices=sorted(MODEL_OVERRIDES))
     ap.add_argument("--sft-episodes", type=int, default=2, help="demo episodes per env (16 envs)")
+    ap.add_argument("--sft-steps", type=int, default=1500, help="supervised optimizer steps")
+    ap.add_argument("overrides", nargs="*", help="extra config overrides key=value for every run")
     ap.add_argument("--ds-config", default="ds_configs/zero3.json")
     ap.add_argument("--write", type=Path, default=None, help="markdown file whose Learning section to replace")
     args = ap.parse_args(argv)
@@ -122,13 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.experiments:
             results[name] = {}
             for seed in args.seeds:
-                points, wall = curve(name, seed, args.iterations, args.every, args.sft_episodes,
-                                     args.ds_config, Path(tmp))
+                points, wall = curve(name, seed, args.iterations, args.every, args.sft_episodes, args.sft_steps,
+                                     args.ds_config, Path(tmp), MODEL_OVERRIDES[args.model] + args.overrides)
                 results[name][seed] = (points, wall)
                 print(f"{name} seed {seed}: " + " ".join(f"{k}:{v:.3f}" for k, v in sorted(points.items()))
                       + f"  ({wall:.0f} s)", flush=True)
     command = "python bench/learning.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    table = markdown(results, args.iterations, args.every, args.sft_episodes, args.ds_config, command.strip())
+    table = markdown(results, args.iterations, args.every, args.sft_episodes, args.sft_steps, args.ds_config,
+                     command.strip(), args.model)
     print(table)
     if args.write is not None:
         replace_section(args.write, table)

@@ -189,17 +189,13 @@ class Runner:
                 b.mask = b.mask & keep[None]
             ret = adv.clone()
         valid = b.mask.float()
-        stats = all_reduce_sum(torch.tensor([(adv * valid).sum().item(), (adv**2 * valid).sum().item(),
-                                             (ret * valid).sum().item(), valid.sum().item()], dtype=torch.float64))
-        n = max(stats[3].item(), 1.0)
-        mean = stats[0].item() / n
-        metrics = {"rollout/advantages_mean": mean, "rollout/returns_mean": stats[2].item() / n,
-                   "rollout/valid_fraction": stats[3].item() / max(1.0, float(all_reduce_sum(torch.tensor([float(valid.numel())]))[0]))}
+        stats = all_reduce_sum(torch.tensor([(adv * valid).sum().item(), (ret * valid).sum().item(),
+                                             valid.sum().item(), float(valid.numel())], dtype=torch.float64))
+        n = max(stats[2].item(), 1.0)
+        metrics = {"rollout/advantages_mean": stats[0].item() / n, "rollout/returns_mean": stats[1].item() / n,
+                   "rollout/valid_fraction": stats[2].item() / max(1.0, stats[3].item())}
         if bool(algo.normalize_advantages) and algo.adv_type == "gae":
-            # Normalized over the valid entries of all ranks, so the result does not depend on
-            # how the envs are split across ranks.
-            std = max(stats[1].item() / n - mean**2, 0.0) ** 0.5
-            adv = torch.where(b.mask, (adv - mean) / (std + 1e-8), torch.zeros_like(adv))
+            adv = algos.normalize_advantages(adv, b.mask, reduce_sum=all_reduce_sum)
         b.advantages, b.returns = adv, ret
         return metrics
 

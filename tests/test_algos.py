@@ -136,6 +136,23 @@ def test_normalize_advantages_over_valid_entries_only():
     assert (out[~mask] == 0).all()
 
 
+def test_normalize_advantages_across_ranks_equals_one_rank():
+    """Two ranks holding envs 0-2 and 3-6, statistics summed through `reduce_sum`, give the
+    1-rank result over all 7 envs."""
+    g = gen(4)
+    adv = torch.randn(6, 7, generator=g) * 2 - 0.5
+    mask = torch.rand(6, 7, generator=g) < 0.7
+    full = normalize_advantages(adv, mask)
+    parts = [(adv[:, :3], mask[:, :3]), (adv[:, 3:], mask[:, 3:])]
+    local = []
+    for a, m in parts:  # each rank's own sums, as all_reduce would receive them
+        normalize_advantages(a, m, reduce_sum=lambda t: local.append(t) or t)
+    for r, (a, m) in enumerate(parts):
+        other = local[1 - r]
+        out = normalize_advantages(a, m, reduce_sum=lambda t: t + other)
+        close(out, full[:, :3] if r == 0 else full[:, 3:])
+
+
 # ----------------------------------------------------------------------------- GRPO
 
 

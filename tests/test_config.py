@@ -324,6 +324,7 @@ def test_unknown_and_mistyped_keys_in_files_name_the_file(config_dir):
      "actor.model.openpi.noise_method: 'flow_ode' is not one of flow_sde, flow_noise"),
     (["algorithm.logprob_type=step_level"], None,
      "algorithm.logprob_type: 'step_level' is not one of chunk_level, action_level, token_level"),
+    (["algorithm.reward_type=action_level"], None, "algorithm.reward_type: 'action_level' is not one of chunk_level"),
     (["algorithm.adv_type=reinforce"], None, "algorithm.adv_type: 'reinforce' is not one of gae, grpo"),
     (["runner.logger.logger_backends=[tensorboard, mlflow]"], None,
      "runner.logger.logger_backends: 'mlflow' is not one of tensorboard, wandb, swanlab"),

@@ -22,7 +22,6 @@ from pirl.envs.reach2d import Reach2DEnv
 from pirl.flow import FlowSpec
 from pirl.flow.matching import T_MIN, flow_matching_loss, interpolate, sample_times
 from pirl.models.flow_mlp import FlowMLPPolicy, sinusoidal_time_embedding
-from pirl.models.io import save_policy
 from pirl.sft import collect_demos, expert_chunk, warm_start
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,8 +97,9 @@ def test_scripted_expert_solves_the_learning_task():
     for _ in range(4):
         *_, info = env.chunk_step(expert_chunk(env, 4))
     assert info["episode"]["success_once"].mean() == 1.0
-    states, actions = collect_demos(env, 1, 4, noise=0.0, seed=0)
-    assert states.shape[0] == actions.shape[0] and actions.shape[1:] == (4, 2)
+    obs, actions = collect_demos(env, 1, 4, noise=0.0, seed=0)
+    states = obs["states"]
+    assert states.shape[0] == actions.shape[0] == len(obs["task_descriptions"]) and actions.shape[1:] == (4, 2)
     assert actions.abs().max() <= 1.0 and 128 <= states.shape[0] <= 4 * 128
 
 
@@ -109,7 +109,7 @@ def run_experiment(name: str, tmp: Path, iterations: int) -> tuple[float, float]
     cfg = load_config(name)
     policy, losses = warm_start(cfg, SFT_EPISODES_PER_ENV, seed=0)
     assert losses[-1] < 0.5 * losses[0]  # the warm start fitted the demos
-    ckpt = save_policy(policy, tmp / "sft", {"model_type": "flow_mlp"})
+    ckpt = policy.save_pretrained(tmp / "sft")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     cmd = ["bash", str(LAUNCHER), name, f"actor.model.model_path={ckpt}",

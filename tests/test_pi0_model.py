@@ -113,10 +113,12 @@ def test_sft_loss_is_flow_matching_over_real_dims():
     m = _model("pi0_tiny")
     pre, state, actions, _ = _inputs(m.cfg)
     noise, time = torch.randn_like(actions), torch.tensor([0.7, 0.2])
-    loss, metrics = m.sft_loss(*pre, state, actions, action_env_dim=3, noise=noise, time=time)
+    mask = torch.zeros(1, *actions.shape[1:], dtype=torch.bool)
+    mask[:, :3, :3] = True  # 3 demonstrated steps of 3 real dims
+    loss, metrics = m.sft_loss(*pre, state, actions, mask, noise=noise, time=time)
     x_t = time[:, None, None] * noise + (1 - time[:, None, None]) * actions
     _, so, _ = m.joint_forward(*pre, state, x_t, time)
-    ref = ((m.velocity(so) - (noise - actions)) ** 2)[..., :3].mean()
+    ref = ((m.velocity(so) - (noise - actions)) ** 2)[:, :3, :3].mean()
     torch.testing.assert_close(loss, ref)
     loss.backward()
     assert m.action_in_proj.weight.grad.abs().sum() > 0
@@ -130,7 +132,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         m.train()
         m.paligemma_with_expert.gradient_checkpointing = ckpt
         pre, state, x, t = _inputs(m.cfg)
-        loss, _ = m.sft_loss(*pre, state, x, action_env_dim=8, noise=torch.ones_like(x) * 0.3, time=t)
+        loss, _ = m.sft_loss(*pre, state, x, noise=torch.ones_like(x) * 0.3, time=t)
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50

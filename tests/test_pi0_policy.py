@@ -1,4 +1,6 @@
-"""π0 / π0.5 behind the FlowPolicy interface: sample / evaluate / value, built from config."""
+"""π0 / π0.5 behind the FlowPolicy interface: sample / evaluate / value / sft_loss /
+save_pretrained, built from config."""
+import json
 import math
 
 import pytest
@@ -8,11 +10,12 @@ from omegaconf import OmegaConf
 from pirl.config.schema import PirlConfig
 from pirl.models.pi0 import build_pi0_policy
 from pirl.models.pi0.checkpoint import save_pirl
+from pirl.models.pi0.normalize import NormStats
 
 
 def _cfg(pi05=False, method="flow_sde", joint=False, **openpi):
     op = {"config_name": "pi05_tiny" if pi05 else "pi0_tiny", "pi05": pi05, "noise_method": method,
-          "joint_logprob": joint, "train_expert_only": True}
+          "joint_logprob": joint, "train_expert_only": True, "max_token_len": 64}
     full = OmegaConf.merge(OmegaConf.structured(PirlConfig), {"actor": {"model": {
         "model_type": "openpi", "action_dim": 3, "num_action_chunks": 3, "action_horizon": 4,
         "action_model_dim": 8, "num_steps": 4, "openpi": op}}})
@@ -129,3 +132,93 @@ def test_builder_loads_a_pirl_checkpoint_and_checks_variant(tmp_path):
         build_pi0_policy(cfg05)
     with pytest.raises(ValueError, match="config_name"):
         build_pi0_policy(_cfg(False, config_name="pi7"))
+
+
+def _reload(cfg, path):
+    cfg.model_path = str(path)
+    return build_pi0_policy(cfg)
+
+
+@pytest.mark.parametrize("pi05,sentencepiece", [(False, False), (True, True)])
+def test_save_pretrained_reloads_weights_stats_and_tokenizer(pi05, sentencepiece, sp_model, tmp_path):
+    extra = {"tokenizer_path": str(sp_model)} if sentencepiece else {}
+    pol = _policy(pi05, **extra)
+    stats = {"state": NormStats(mean=torch.randn(4), std=torch.rand(4) + 0.5, q01=-torch.rand(4) - 1, q99=torch.rand(4) + 1),
+             "actions": NormStats(mean=torch.randn(3), std=torch.rand(3) + 0.5, q01=-torch.rand(3) - 1, q99=torch.rand(3) + 1)}
+    pol.processor.norm_stats = stats
+    out = pol.save_pretrained(tmp_path / "ck", {"sft_steps": 7})
+    assert (out / "tokenizer.model").is_file() == sentencepiece
+    assert json.loads((out / "train_meta.json").read_text()) == {"sft_steps": 7}
+    again = _reload(_cfg(pi05), out)  # no tokenizer_path: the checkpoint's own tokenizer
+    assert type(again.processor.tokenizer.encoder) is type(pol.processor.tokenizer.encoder)
+    fi, fi2 = pol.preprocess(_obs()), again.preprocess(_obs())
+    assert torch.equal(fi["tokens"], fi2["tokens"]) and torch.equal(fi["state"], fi2["state"])
+    a = pol.sample(fi, mode="eval", generator=torch.Generator().manual_seed(5)).actions
+    b = again.sample(fi2, mode="eval", generator=torch.Generator().manual_seed(5)).actions
+    torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_save_pretrained_merges_lora_and_never_replaces_other_folders(tmp_path):
+    cfg = _cfg(False, lora_targets=["expert"])
+    cfg.is_lora, cfg.lora_rank = True, 4
+    torch.manual_seed(0)
+    pol = build_pi0_policy(cfg)
+    with torch.no_grad():
+        for n, p in pol.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()  # adapters that change the outputs
+    fi = pol.preprocess(_obs())
+    a = pol.sample(fi, mode="eval", generator=torch.Generator().manual_seed(6)).actions
+    out = pol.save_pretrained(tmp_path / "ck")
+    again = _reload(cfg, out)  # merged base weights + fresh (zero-B) adapters
+    b = again.sample(again.preprocess(_obs()), mode="eval", generator=torch.Generator().manual_seed(6)).actions
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+    user = tmp_path / "notes"
+    user.mkdir()
+    (user / "todo.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a checkpoint"):
+        pol.save_pretrained(user)
+    assert (user / "todo.txt").read_text() == "mine" and not (tmp_path / "notes.tmp").exists()
+
+
+def test_sft_loss_covers_demonstrated_steps_and_dims_only():
+    from pirl.flow.matching import sample_times
+
+    pol = _policy(True)
+    fi = pol.preprocess(_obs())
+    actions = torch.rand(3, 3, 3) * 2 - 1  # (B, C=3 of H=4, D_env=3 of D=8), env units
+    loss = pol.sft_loss(fi, actions, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)  # the same draws: noise, then times
+    noise = torch.randn(3, 4, 8, generator=g).double()
+    t = sample_times(3, g).double()[:, None, None]
+    a = torch.zeros(3, 4, 8, dtype=torch.float64)
+    a[:, :3, :3] = actions.double()
+    x_t = t * noise + (1 - t) * a
+    with torch.no_grad():
+        _, so, _ = pol.model.joint_forward(fi["images"], fi["image_masks"], fi["tokens"], fi["token_masks"],
+                                           fi["state"], x_t.float(), t.flatten().float())
+        v = pol.model.velocity(so).double()
+    ref = ((v - (noise - a)) ** 2)[:, :3, :3].mean()
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    w = pol.model.action_out_proj.weight.grad  # (D, We): rows of undemonstrated dims get no gradient
+    assert w[:3].abs().sum() > 0 and (w[3:] == 0).all()
+
+
+def test_actor_parameter_selection_keeps_the_builders_frozen_towers():
+    """The actor's regex selection narrows what the builder left trainable: with
+    train_expert_only the VLM stays frozen under empty `trainable` / `frozen` lists."""
+    from pirl.engine.actor import select_trainable
+
+    pol = build_pi0_policy(_cfg(False, train_expert_only=True))
+    vlm = {n for n, _ in pol.named_parameters() if n.startswith("model.paligemma_with_expert.paligemma.")}
+    n_train, n_total = select_trainable(pol, [], [])
+    on = {n for n, p in pol.named_parameters() if p.requires_grad}
+    assert vlm and not (vlm & on) and on
+    assert n_train == sum(p.numel() for p in pol.parameters() if p.requires_grad) < n_total
+    select_trainable(pol, [r"gemma_expert\."], [r"\.mlp\."])  # narrows further, never widens
+    on2 = {n for n, p in pol.named_parameters() if p.requires_grad}
+    assert on2 and on2 < on and all("gemma_expert." in n and ".mlp." not in n for n in on2)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        select_trainable(pol, [r"paligemma\.model\."], [])

@@ -6,27 +6,11 @@ import pytest
 import torch
 
 from pirl.models.pi0.configuration import preset
-from pirl.models.pi0.normalize import NormStats, load_norm_stats, normalize, save_norm_stats, unnormalize
+from pirl.models.pi0.normalize import (NormStats, compute_norm_stats, load_norm_stats, normalize, save_norm_stats,
+                                      unnormalize)
 from pirl.models.pi0.processor import Pi0Processor, ProcessorConfig, resize_with_pad, to_unit_range
 from pirl.models.pi0.tokenizer import (ByteTokenizer, PromptTokenizer, SentencePieceTokenizer, clean_prompt,
                                        discretize_state)
-
-
-@pytest.fixture(scope="module")
-def sp_model(tmp_path_factory):
-    """A tiny SentencePiece model trained on robot prompts (PaliGemma's own can't be downloaded)."""
-    import sentencepiece as spm
-
-    d = tmp_path_factory.mktemp("sp")
-    corpus = d / "corpus.txt"
-    words = ["pick", "up", "the", "red", "cube", "place", "it", "on", "plate", "open", "drawer", "Task:",
-             "State:", "Action:"] + [str(i) for i in range(256)]
-    rng = np.random.default_rng(0)
-    corpus.write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(400)))
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(d / "tok"), vocab_size=200,
-                                   character_coverage=1.0, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-                                   minloglevel=2)
-    return d / "tok.model"
 
 
 def test_resize_with_pad_keeps_aspect_and_pads_black():
@@ -101,7 +85,8 @@ def test_pi05_prompt_has_state_bins_and_truncates(sp_model):
     ids = enc.sp.encode("Task: place it on plate, State: 64 160 254;\nAction: ", add_bos=True)
     assert tokens[0, : len(ids)].tolist() == ids and int(masks[0].sum()) == len(ids)
     short = PromptTokenizer(enc, max_len=5, discrete_state=True, model_vocab=512)
-    t2, m2 = short(["place it on plate"], state)
+    with pytest.warns(UserWarning, match=f"{len(ids)} tokens truncated to max_token_len 5"):
+        t2, m2 = short(["place it on plate"], state)
     assert t2[0].tolist() == ids[:5] and m2.all()
     with pytest.raises(ValueError, match="vocabulary"):
         PromptTokenizer(enc, 8, False, model_vocab=100)
@@ -151,3 +136,18 @@ def test_augmentation_only_in_training_and_switchable():
     assert not torch.equal(base, aug) and aug.min() >= -1 and aug.max() <= 1
     proc.pcfg.train_augment = False
     assert torch.equal(proc(obs)["images"], base)
+
+
+def test_compute_norm_stats_matches_numpy():
+    x = torch.randn(500, 5) * torch.tensor([1.0, 2.0, 0.1, 5.0, 1.0]) + torch.tensor([0.0, -1.0, 3.0, 0.5, 2.0])
+    st = compute_norm_stats(x)
+    ref = x.double().numpy()
+    np.testing.assert_allclose(st.mean.numpy(), ref.mean(0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(st.std.numpy(), ref.std(0, ddof=1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(st.q01.numpy(), np.quantile(ref, 0.01, axis=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(st.q99.numpy(), np.quantile(ref, 0.99, axis=0), rtol=1e-6, atol=1e-6)
+    inside = normalize(x, st, "quantile")  # 98% of every dim lands in [-1, 1]
+    frac = ((inside >= -1 - 1e-5) & (inside <= 1 + 1e-5)).float().mean(0)
+    assert ((frac > 0.97) & (frac < 0.99)).all(), frac
+    with pytest.raises(ValueError, match="N >= 2"):
+        compute_norm_stats(torch.randn(1, 3))

@@ -13,6 +13,8 @@ All math runs in fp32 (fp64 inputs stay fp64, so references and gradcheck can us
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -89,18 +91,23 @@ def compute_gae(
     return advantages, advantages + v
 
 
-def normalize_advantages(adv: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def normalize_advantages(adv: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8,
+                         reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """(adv - mean) / (std + eps) with mean and unbiased std over valid entries only;
-    invalid entries come out 0 (never NaN, whatever they held)."""
+    invalid entries come out 0 (never NaN, whatever they held). `reduce_sum` sums a float64
+    tensor over ranks (pirl.engine.dist.all_reduce_sum) so the statistics cover the valid
+    entries of every rank and the result does not depend on how envs are split."""
     _check_shape("mask", mask, tuple(adv.shape))
     m = mask.bool()
-    a = _fp(adv)
-    a = torch.where(m, a, a.new_zeros(()))
-    n = m.sum()
-    mean = a.sum() / n.clamp(min=1)
-    centered = torch.where(m, a - mean, torch.zeros_like(a))
-    var = (centered**2).sum() / (n - 1).clamp(min=1)
-    return centered / (var.sqrt() + eps)
+    a = torch.where(m, _fp(adv), torch.zeros((), dtype=torch.float32, device=adv.device))
+    sums = torch.stack([a.double().sum(), (a.double() ** 2).sum(), m.sum().double()])  # (3,) Σa, Σa², n
+    if reduce_sum is not None:
+        sums = reduce_sum(sums)
+    n = sums[2].clamp(min=1)
+    mean = sums[0] / n
+    var = ((sums[1] - n * mean**2) / (n - 1).clamp(min=1)).clamp(min=0)
+    centered = torch.where(m, a - mean.float(), torch.zeros_like(a))
+    return centered / (var.sqrt().float() + eps)
 
 
 def _groups(b: int, group_size: int) -> int:

@@ -46,7 +46,7 @@ class RunnerConfig:
 class AlgorithmConfig:
     adv_type: str = "gae"  # gae (PPO) | grpo
     loss_type: str = "actor_critic"  # actor_critic (PPO with value head) | actor (GRPO)
-    reward_type: str = "chunk_level"  # rewards summed over a chunk: one RL step = one chunk
+    reward_type: str = "chunk_level"  # chunk_level only: rewards summed over a chunk, one RL step = one chunk
     logprob_type: str = "chunk_level"  # chunk_level | action_level | token_level (pirl.flow.chain)
     rollout_epoch: int = 1  # rollouts of every env per iteration
     update_epoch: int = 1  # passes over the rollout data per iteration
@@ -164,8 +164,8 @@ class ModelConfig:
     add_value_head: bool = True  # critic head (PPO/GAE needs it; GRPO does not)
     is_lora: bool = False  # LoRA on the VLM instead of full fine-tuning
     lora_rank: int = 8  # LoRA rank r when is_lora
-    gradient_checkpointing: bool = False  # not supported for π0 (seeds): keep False
-    trainable: list = field(default_factory=list)  # regexes of trainable params; empty = all
+    gradient_checkpointing: bool = False  # π0: recompute layer activations in backward (works, tested)
+    trainable: list = field(default_factory=list)  # regexes of trainable params; empty = all the builder left trainable
     frozen: list = field(default_factory=list)  # regexes of frozen params (applied after)
     openpi: OpenPIConfig = field(default_factory=OpenPIConfig)
 

@@ -24,7 +24,10 @@ REPO_ROOT = Path(pirl.__file__).resolve().parents[1]
 
 NOISE_METHODS = ("flow_sde", "flow_noise")
 LOGPROB_TYPES = ("chunk_level", "action_level", "token_level")  # pirl.flow.chain
-REWARD_TYPES = ("chunk_level", "action_level")
+# One RL step is one chunk: env rewards are summed over it (pirl.algos.chunk_rewards).
+# Per-action rewards would need a critic per action, which no policy has; refused here
+# rather than accepted and silently summed.
+REWARD_TYPES = ("chunk_level",)
 ADV_TYPES = ("gae", "grpo")
 LOSS_TYPES = ("actor_critic", "actor")
 VALUE_LOSS_TYPES = ("huber", "mse")

@@ -24,14 +24,16 @@ LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
 
 
 def select_trainable(model: nn.Module, trainable: list[str], frozen: list[str]) -> tuple[int, int]:
-    """Set requires_grad from regexes (searched in parameter names): with `trainable`
-    empty every parameter trains, else only matches; then `frozen` matches are frozen.
-    Returns (trainable count, total count) of elements."""
+    """Narrow requires_grad by regexes (searched in parameter names): a parameter trains if
+    the model builder left it trainable (π0's train_expert_only and LoRA freeze towers
+    there), it matches `trainable` (empty: any name) and no `frozen` pattern. Never turns a
+    frozen parameter back on. Returns (trainable count, total count) of elements."""
     pats_t = [re.compile(p) for p in trainable]
     pats_f = [re.compile(p) for p in frozen]
     n_train = n_total = 0
     for name, p in model.named_parameters():
-        on = (not pats_t or any(r.search(name) for r in pats_t)) and not any(r.search(name) for r in pats_f)
+        on = (p.requires_grad and (not pats_t or any(r.search(name) for r in pats_t))
+              and not any(r.search(name) for r in pats_f))
         p.requires_grad_(on)
         n_total += p.numel()
         n_train += p.numel() if on else 0

@@ -9,12 +9,15 @@ runner path is exercised by it in seconds, and it is a real model for state-base
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from pirl.flow import FLOW_NOISE, FlowSpec, chain_logprob, executed, sample_chain, select_steps
+from pirl.flow.matching import flow_matching_loss, sample_times
 from pirl.models.heads import NoiseHead, ValueHead
+from pirl.models.io import save_policy
 from pirl.models.policy import ChunkEval, ChunkSample, FlowPolicy
 
 TIME_EMB_DIM = 32
@@ -123,3 +126,21 @@ class FlowMLPPolicy(FlowPolicy):
 
     def value(self, forward_inputs) -> torch.Tensor:
         return self._values(self.encoder(forward_inputs["states"]))
+
+    def sft_loss(self, forward_inputs, actions, generator=None) -> torch.Tensor:
+        """Env actions are model units for flow_mlp: (B, C, D_env) padded with zeros to
+        (B, H, D); the padding is masked out of the loss."""
+        states = forward_inputs["states"]
+        actions = actions.to(states.device)
+        B, C, De = actions.shape
+        padded = actions.new_zeros(B, self.horizon, self.action_dim)
+        padded[:, :C, :De] = actions
+        mask = torch.zeros(1, self.horizon, self.action_dim, dtype=torch.bool, device=actions.device)
+        mask[:, :C, :De] = True
+        noise = torch.randn(padded.shape, generator=generator).to(actions.device)
+        t = sample_times(B, generator, actions.device)
+        features = self.encoder(states)
+        return flow_matching_loss(self._velocity_fn(features), padded, noise, t, mask)
+
+    def save_pretrained(self, directory, meta=None) -> Path:
+        return save_policy(self, directory, {"model_type": "flow_mlp", **(meta or {})})

@@ -5,7 +5,9 @@ tensor is one error that lists them all, raised before a single weight is copied
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -16,20 +18,35 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
+@contextlib.contextmanager
+def atomic_dir(directory: str | Path):
+    """Yield a sibling `<name>.tmp` folder to write a checkpoint into; on success it replaces
+    `directory` whole, so a crash mid-write never leaves a half-written checkpoint there. An
+    existing folder is replaced only if it is a checkpoint itself (holds model.safetensors)."""
+    out = Path(directory)
+    if out.exists() and any(out.iterdir()) and not (out / WEIGHTS).is_file():
+        raise FileExistsError(f"{out} exists and is not a checkpoint (no {WEIGHTS}): refusing to replace it")
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    yield tmp
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+
+
 def save_policy(policy: nn.Module, directory: str | Path, config: dict) -> Path:
     """Write weights and the model config; the folder is written whole, then renamed."""
-    out = Path(directory)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS))
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
-    if out.exists():
-        for f in out.iterdir():
-            f.unlink()
-        out.rmdir()
-    tmp.rename(out)
-    return out
+    with atomic_dir(directory) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+    return Path(directory)
 
 
 def read_policy_config(directory: str | Path) -> dict:

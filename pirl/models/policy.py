@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -63,3 +64,13 @@ class FlowPolicy(nn.Module, abc.ABC):
     @abc.abstractmethod
     def value(self, forward_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B,) critic estimate, used to bootstrap truncated episodes."""
+
+    @abc.abstractmethod
+    def sft_loss(self, forward_inputs: dict[str, torch.Tensor], actions: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scalar supervised flow-matching loss (pirl.flow.matching) of demonstrated chunks
+        actions (B, C, D_env) in env units, over the demonstrated elements only."""
+
+    @abc.abstractmethod
+    def save_pretrained(self, directory: str | Path, meta: dict | None = None) -> Path:
+        """Write a checkpoint that `actor.model.model_path` loads back into the same config."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from pirl.flow import FlowSpec
-from pirl.models.pi0.checkpoint import detect_format, find_norm_stats, load_weights, read_config
+from pirl.models.pi0.checkpoint import detect_format, find_norm_stats, load_weights, read_config, read_tokenizer
 from pirl.models.pi0.configuration import Pi0Config, _get, config_from_model_cfg, preset
 from pirl.models.pi0.lora import apply_lora, freeze_vlm
 from pirl.models.pi0.modeling import Pi0Model
@@ -32,7 +32,8 @@ def build_pi0_policy(model_cfg) -> Pi0Policy:
     """`actor.model` (model_type "openpi") -> Pi0Policy.
 
     Keys beyond the schema, read with defaults: openpi.tokenizer_path (SentencePiece file;
-    a byte tokenizer when null and no model_path), openpi.norm_stats_path,
+    when null, the tokenizer a pirl checkpoint recorded, or a byte tokenizer when there is
+    no model_path), openpi.norm_stats_path,
     openpi.asset_id, openpi.normalization (zscore | quantile; default by pi05),
     openpi.delta_action_mask (list of bools over env action dims), openpi.train_augment,
     openpi.lora_targets (default ["vlm"]), openpi.checkpoint_format (pirl | openpi |
@@ -63,8 +64,10 @@ def build_pi0_policy(model_cfg) -> Pi0Policy:
     if tok_path:
         encoder = SentencePieceTokenizer(tok_path)
     elif path:
-        raise ValueError(f"actor.model.openpi.tokenizer_path is required with a pretrained model_path ({path}): "
-                         "the byte tokenizer only suits randomly initialised models")
+        encoder = read_tokenizer(path, fmt)
+        if encoder is None:
+            raise ValueError(f"actor.model.openpi.tokenizer_path is required: the {fmt} checkpoint {path} records no "
+                             "tokenizer (give PaliGemma's paligemma_tokenizer.model)")
     else:
         encoder = ByteTokenizer()
     tokenizer = PromptTokenizer(encoder, cfg.max_token_len, cfg.discrete_state_input, cfg.paligemma.vocab_size)

@@ -5,7 +5,8 @@ checkpoint is validated (missing, unexpected, mis-shaped, wrong-dtype tensors, a
 in one error) before a single tensor is copied, so a failed load leaves the model as it was.
 
 Formats (a directory):
-    pirl    model.safetensors + pirl_config.json (Pi0Config) + norm_stats.json
+    pirl    model.safetensors + pirl_config.json (Pi0Config, tokenizer) + norm_stats.json
+            [+ tokenizer.model, the SentencePiece file the model was trained with]
     openpi  model.safetensors + config.json + assets/<asset_id>/norm_stats.json
             (openpi's `paligemma_with_expert.*` names of transformers 4.53, SigLIP under
             `vision_tower.vision_model.`; the tied PaliGemma embedding may be stored only as
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -26,11 +28,14 @@ from safetensors.torch import load_file, save_file
 from pirl.models.pi0.configuration import GEMMA_2B, GEMMA_300M, Pi0Config
 from pirl.models.pi0.modeling import Pi0Model
 from pirl.models.pi0.normalize import NormStats, load_norm_stats, save_norm_stats
+from pirl.models.pi0.tokenizer import ByteTokenizer, SentencePieceTokenizer, TextEncoder
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 PIRL_CONFIG = "pirl_config.json"
 NORM_STATS = "norm_stats.json"
+TOKENIZER = "tokenizer.model"
+BYTE_TOKENIZER = "byte"
 
 PIRL, OPENPI, LEROBOT = "pirl", "openpi", "lerobot"
 FORMATS = (PIRL, OPENPI, LEROBOT)
@@ -200,16 +205,37 @@ def read_config(path: str | Path, fmt: str | None = None) -> Pi0Config | None:
 
 
 def save_pirl(model: Pi0Model, path: str | Path, norm_stats: dict[str, NormStats] | None = None,
-              tensors: dict[str, torch.Tensor] | None = None) -> None:
+              tensors: dict[str, torch.Tensor] | None = None, tokenizer: TextEncoder | None = None) -> None:
     """safetensors + pirl_config.json + norm_stats.json. `tensors` overrides the model's
-    state (e.g. LoRA-merged weights)."""
+    state (e.g. LoRA-merged weights). The prompt tokenizer is recorded so the checkpoint
+    reloads without a tokenizer_path: a SentencePiece file is copied in as tokenizer.model,
+    the byte tokenizer is named."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = tensors if tensors is not None else model_tensors(model)
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path / WEIGHTS))
-    (path / PIRL_CONFIG).write_text(json.dumps({"format": PIRL, "pi0_config": model.cfg.to_dict()}, indent=1))
+    meta = {"format": PIRL, "pi0_config": model.cfg.to_dict()}
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        shutil.copyfile(tokenizer.path, path / TOKENIZER)
+        meta["tokenizer"] = TOKENIZER
+    elif isinstance(tokenizer, ByteTokenizer):
+        meta["tokenizer"] = BYTE_TOKENIZER
+    (path / PIRL_CONFIG).write_text(json.dumps(meta, indent=1))
     if norm_stats is not None:
         save_norm_stats(path / NORM_STATS, norm_stats)
+
+
+def read_tokenizer(path: str | Path, fmt: str) -> TextEncoder | None:
+    """The tokenizer a pirl checkpoint recorded, or None (openpi / lerobot checkpoints and
+    pirl ones saved without it: the run must give tokenizer_path)."""
+    if fmt != PIRL:
+        return None
+    name = _read_json(Path(path) / PIRL_CONFIG).get("tokenizer")
+    if name == BYTE_TOKENIZER:
+        return ByteTokenizer()
+    if name is not None:
+        return SentencePieceTokenizer(Path(path) / name)
+    return None
 
 
 def export_openpi(model: Pi0Model, path: str | Path, norm_stats: dict[str, NormStats] | None = None,

@@ -32,6 +32,7 @@ from transformers import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
 from transformers.models.gemma.modeling_gemma import GemmaModel
 from transformers.models.paligemma.modeling_paligemma import PaliGemmaForConditionalGeneration
 
+from pirl.flow.matching import flow_matching_loss, sample_times
 from pirl.models.pi0.configuration import GemmaSpec, Pi0Config
 
 # Additive mask for disallowed keys: openpi's value (close to -finfo(fp32).max so a fully
@@ -434,21 +435,22 @@ class Pi0Model(nn.Module):
         return self.value_head(feats.to(self.value_head.net[0].weight.dtype))
 
     # ---- supervised flow matching -----------------------------------------------------
-    def sft_loss(self, images, image_masks, tokens, token_masks, state, actions,
-                 action_env_dim: int, noise: torch.Tensor | None = None,
-                 time: torch.Tensor | None = None, generator: torch.Generator | None = None):
-        """Flow-matching loss: x_t = t·noise + (1−t)·action, target u = noise − action,
-        t ~ Beta(1.5, 1)·0.999 + 0.001 (openpi); mean over the real action dims only.
-        Returns (loss, metrics)."""
+    def sft_loss(self, images, image_masks, tokens, token_masks, state, actions, mask=None,
+                 noise: torch.Tensor | None = None, time: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None):
+        """Supervised flow matching (pirl.flow.matching: t ~ Beta(1.5, 1)·0.999 + 0.001 as
+        openpi, target u = noise − action) with prefix and suffix in one pass. actions
+        (B, H, D) model units; mask (B|1, H, D) bool marks the demonstrated elements (None:
+        all). Returns (loss, metrics)."""
         B = actions.shape[0]
         if noise is None:
             noise = torch.randn(actions.shape, generator=generator, dtype=torch.float32).to(actions.device)
         if time is None:
-            beta = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0))
-            time = (beta.sample((B,)) * 0.999 + 0.001).to(actions.device)
-        tb = time[:, None, None]
-        x_t = tb * noise + (1 - tb) * actions
-        _, so, _ = self.joint_forward(images, image_masks, tokens, token_masks, state, x_t, time)
-        err = (self.velocity(so) - (noise - actions).float()) ** 2
-        loss = err[..., :action_env_dim].mean()
+            time = sample_times(B, generator, actions.device)
+
+        def velocity_fn(x_t, t):
+            _, so, _ = self.joint_forward(images, image_masks, tokens, token_masks, state, x_t, t)
+            return self.velocity(so), None
+
+        loss = flow_matching_loss(velocity_fn, actions, noise, time, mask)
         return loss, {"sft/loss": loss.detach()}

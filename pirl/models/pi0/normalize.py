@@ -46,6 +46,16 @@ def _stats_from_json(d: dict, where: str) -> NormStats:
     return NormStats(t["mean"], t["std"], t.get("q01"), t.get("q99"))
 
 
+def compute_norm_stats(x: torch.Tensor) -> NormStats:
+    """Samples (N, D) -> per-dim mean, std, 1% and 99% quantiles (openpi computes the same
+    over the SFT dataset; exact quantiles here, where openpi bins a histogram)."""
+    if x.dim() != 2 or x.shape[0] < 2:
+        raise ValueError(f"norm stats need samples (N >= 2, D), got shape {tuple(x.shape)}")
+    x = x.double()
+    q = torch.quantile(x, torch.tensor([0.01, 0.99], dtype=torch.float64), dim=0)
+    return NormStats(x.mean(0).float(), x.std(0).float(), q[0].float(), q[1].float())
+
+
 def load_norm_stats(path: str | Path) -> dict[str, NormStats]:
     """norm_stats.json -> {"state": NormStats, "actions": NormStats, ...}."""
     path = Path(path)

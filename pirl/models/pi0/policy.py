@@ -14,11 +14,17 @@ therefore the same function of (obs, chain, step_mask) that `evaluate` recompute
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
 
 import torch
 
 from pirl.flow import FlowSpec, chain_logprob, executed, sample_chain, select_steps
+from pirl.models.io import atomic_dir
+from pirl.models.pi0.checkpoint import save_pirl
+from pirl.models.pi0.lora import merged_state_dict
 from pirl.models.pi0.modeling import Pi0Model
+from pirl.models.pi0.normalize import normalize
 from pirl.models.pi0.processor import Pi0Processor
 from pirl.models.policy import ChunkEval, ChunkSample, FlowPolicy
 
@@ -130,13 +136,31 @@ class Pi0Policy(FlowPolicy):
         return self.sample(forward_inputs, mode="eval").values
 
     def sft_loss(self, forward_inputs: dict[str, torch.Tensor], actions: torch.Tensor,
-                 generator: torch.Generator | None = None):
-        """Supervised flow matching on env-unit actions (B, H, D_env) -> (loss, metrics)."""
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Env-unit chunks (B, C, D_env) -> model units (deltas, normalization, padding to
+        (H, D)); the loss covers the C demonstrated steps and the D_env real dims."""
         fi = forward_inputs
-        a = self.processor.to_delta(actions.float(), fi["raw_state"])
+        B, C, De = actions.shape
+        H, D = self.model.cfg.action_horizon, self.model.cfg.action_dim
+        a = self.processor.to_delta(actions.float().to(fi["raw_state"].device), fi["raw_state"])
         if self.processor.norm_stats is not None:
-            from pirl.models.pi0.normalize import normalize
             a = normalize(a, self.processor.norm_stats["actions"], self.processor.pcfg.normalization)
-        a = self.processor.pad(a)
-        return self.model.sft_loss(*(fi[k] for k in MODEL_INPUTS), fi["state"], a,
-                                   action_env_dim=self.spec.action_env_dim, generator=generator)
+        padded = a.new_zeros(B, H, D)
+        padded[:, :C] = self.processor.pad(a)
+        mask = torch.zeros(1, H, D, dtype=torch.bool, device=a.device)
+        mask[:, :C, :De] = True
+        loss, _ = self.model.sft_loss(*(fi[k] for k in MODEL_INPUTS), fi["state"], padded, mask,
+                                      generator=generator)
+        return loss
+
+    def save_pretrained(self, directory, meta=None) -> Path:
+        """pirl's π0 format (pirl.models.pi0.checkpoint), LoRA adapters merged into the base
+        weights, with the norm stats and the prompt tokenizer; written whole, then renamed."""
+        has_lora = any(".lora_" in n for n, _ in self.model.named_parameters())
+        tensors = merged_state_dict(self.model) if has_lora else None
+        with atomic_dir(directory) as tmp:
+            save_pirl(self.model, tmp, self.processor.norm_stats, tensors=tensors,
+                      tokenizer=self.processor.tokenizer.encoder)
+            if meta:
+                (tmp / "train_meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        return Path(directory)

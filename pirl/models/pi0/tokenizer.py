@@ -12,6 +12,7 @@ randomly initialised tiny models when no tokenizer file is configured.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +37,7 @@ class SentencePieceTokenizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer_path {path} does not exist (expected a SentencePiece .model file)")
+        self.path = path
         self.sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
         self.vocab_size = int(self.sp.get_piece_size())
 
@@ -69,6 +71,7 @@ class PromptTokenizer:
         if encoder.vocab_size > model_vocab:
             raise ValueError(f"tokenizer has {encoder.vocab_size} ids but the model's vocabulary is {model_vocab}")
         self.encoder, self.max_len, self.discrete_state = encoder, max_len, discrete_state
+        self._warned = False
 
     def token_ids(self, prompt: str, state: np.ndarray | None = None) -> list[int]:
         text = clean_prompt(prompt)
@@ -86,7 +89,14 @@ class PromptTokenizer:
         masks = torch.zeros((B, self.max_len), dtype=torch.bool)
         for i, p in enumerate(prompts):
             st = states[i].double().cpu().numpy() if states is not None else None
-            ids = self.token_ids(p, st)[: self.max_len]
+            ids = self.token_ids(p, st)
+            if len(ids) > self.max_len and not self._warned:
+                # openpi truncates too, with a warning: the cut tail (for π0.5 the state
+                # bins) is invisible to the model, so say so once per tokenizer.
+                warnings.warn(f"prompt of {len(ids)} tokens truncated to max_token_len {self.max_len} "
+                              f"(actor.model.openpi.max_token_len): {p!r}", stacklevel=2)
+                self._warned = True
+            ids = ids[: self.max_len]
             tokens[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             masks[i, : len(ids)] = True
         return tokens, masks
