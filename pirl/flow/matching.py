@@ -34,6 +34,17 @@ def interpolate(actions: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> 
     return tb * noise + (1.0 - tb) * actions, noise - actions
 
 
+def pad_demonstrations(actions: torch.Tensor, horizon: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Demonstrated chunks (B, C, D_env) in model units -> zero-padded (B, H, D) and the
+    (1, H, D) bool mask of the demonstrated elements (the loss covers only those)."""
+    B, C, De = actions.shape
+    padded = actions.new_zeros(B, horizon, dim)
+    padded[:, :C, :De] = actions
+    mask = torch.zeros(1, horizon, dim, dtype=torch.bool, device=actions.device)
+    mask[:, :C, :De] = True
+    return padded, mask
+
+
 def flow_matching_loss(
     velocity_fn: VelocityFn,
     actions: torch.Tensor,  # (B, H, D) demonstrated chunks, model units

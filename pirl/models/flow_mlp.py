@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pirl.flow import FLOW_NOISE, FlowSpec, chain_logprob, executed, sample_chain, select_steps
-from pirl.flow.matching import flow_matching_loss, sample_times
+from pirl.flow.matching import flow_matching_loss, pad_demonstrations, sample_times
 from pirl.models.heads import NoiseHead, ValueHead
 from pirl.models.io import save_policy
 from pirl.models.policy import ChunkEval, ChunkSample, FlowPolicy
@@ -132,11 +132,8 @@ class FlowMLPPolicy(FlowPolicy):
         (B, H, D); the padding is masked out of the loss."""
         states = forward_inputs["states"]
         actions = actions.to(states.device)
-        B, C, De = actions.shape
-        padded = actions.new_zeros(B, self.horizon, self.action_dim)
-        padded[:, :C, :De] = actions
-        mask = torch.zeros(1, self.horizon, self.action_dim, dtype=torch.bool, device=actions.device)
-        mask[:, :C, :De] = True
+        padded, mask = pad_demonstrations(actions, self.horizon, self.action_dim)
+        B = padded.shape[0]
         noise = torch.randn(padded.shape, generator=generator).to(actions.device)
         t = sample_times(B, generator, actions.device)
         features = self.encoder(states)

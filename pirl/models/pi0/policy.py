@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from pirl.flow import FlowSpec, chain_logprob, executed, sample_chain, select_steps
+from pirl.flow.matching import pad_demonstrations
 from pirl.models.io import atomic_dir
 from pirl.models.pi0.checkpoint import save_pirl
 from pirl.models.pi0.lora import merged_state_dict
@@ -140,15 +141,10 @@ class Pi0Policy(FlowPolicy):
         """Env-unit chunks (B, C, D_env) -> model units (deltas, normalization, padding to
         (H, D)); the loss covers the C demonstrated steps and the D_env real dims."""
         fi = forward_inputs
-        B, C, De = actions.shape
-        H, D = self.model.cfg.action_horizon, self.model.cfg.action_dim
         a = self.processor.to_delta(actions.float().to(fi["raw_state"].device), fi["raw_state"])
         if self.processor.norm_stats is not None:
             a = normalize(a, self.processor.norm_stats["actions"], self.processor.pcfg.normalization)
-        padded = a.new_zeros(B, H, D)
-        padded[:, :C] = self.processor.pad(a)
-        mask = torch.zeros(1, H, D, dtype=torch.bool, device=a.device)
-        mask[:, :C, :De] = True
+        padded, mask = pad_demonstrations(a, self.model.cfg.action_horizon, self.model.cfg.action_dim)
         loss, _ = self.model.sft_loss(*(fi[k] for k in MODEL_INPUTS), fi["state"], padded, mask,
                                       generator=generator)
         return loss
