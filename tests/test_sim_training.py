@@ -32,11 +32,16 @@ def test_metaworld_ppo_two_ranks(tmp_path):
     _check(_launch("metaworld_reach_ppo_flow_mlp", hosts, tmp_path / "logs"))
 
 
+# ManiSkill's CPU backend runs one env per worker process and building one costs ~15 s of
+# CPU here: 2 train envs (2 x 4 chunk steps = one batch of 8) and 1 eval env keep it short.
+MANISKILL_SHORT = ("env.train.total_num_envs=2", "env.eval.total_num_envs=1", "env.train.max_episode_steps=16",
+                   "env.eval.max_episode_steps=16", "actor.global_batch_size=8")
+
+
 def test_maniskill_ppo_one_rank(tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("localhost slots=1\n")
-    _check(_launch("maniskill_pickcube_ppo_flow_mlp", hosts, tmp_path / "logs", "env.train.max_episode_steps=16",
-                   "actor.global_batch_size=16", "env.eval.max_episode_steps=16"))
+    _check(_launch("maniskill_pickcube_ppo_flow_mlp", hosts, tmp_path / "logs", *MANISKILL_SHORT))
 
 
 def test_tiny_pi0_metaworld_ppo_two_ranks(tmp_path):
@@ -52,4 +57,4 @@ def test_tiny_pi0_maniskill_ppo_one_rank(tmp_path):
     hosts.write_text("localhost slots=1\n")
     _check(_launch("maniskill_pickcube_ppo_flow_mlp", hosts, tmp_path / "logs", "model=pi0_tiny",
                    "actor.model.action_model_dim=48", "env.train.extra.render=True", "env.eval.extra.render=True",
-                   "env.train.max_episode_steps=16", "actor.global_batch_size=16", "env.eval.max_episode_steps=16"))
+                   *MANISKILL_SHORT))

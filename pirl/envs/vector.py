@@ -72,6 +72,10 @@ class WorkerCrash(RuntimeError):
 
 
 class _Worker:
+    """One env process. Construction only starts it; `wait_ready` collects the envs'
+    metadata, so a backend starts all its workers before waiting on any and their
+    simulator imports and scene builds overlap."""
+
     def __init__(self, ctx, factory, env_ids: list[int], timeout_s: float):
         self.env_ids = env_ids
         self.timeout_s = timeout_s
@@ -79,7 +83,11 @@ class _Worker:
         self.proc = ctx.Process(target=_worker_main, args=(child, factory, env_ids), daemon=True)
         self.proc.start()
         child.close()
-        self.meta = self.recv(timeout_s=max(timeout_s, 600.0))  # building a sim can be slow
+        self.meta: dict[int, tuple[str, str, int, int]] = {}
+
+    def wait_ready(self) -> "_Worker":
+        self.meta = self.recv(timeout_s=max(self.timeout_s, 600.0))  # building a sim can be slow
+        return self
 
     def send(self, cmd: str, payload: Any) -> None:
         try:
@@ -139,8 +147,13 @@ class WorkerBackend:
             for w in range(num_workers)
         ]
         meta: dict[int, tuple[str, str, int, int]] = {}
-        for w in self._workers:
-            meta.update(w.meta)
+        try:
+            for w in self._workers:
+                meta.update(w.wait_ready().meta)
+        except WorkerCrash:
+            for w in self._workers:  # no half-built backend keeps processes alive
+                w.kill()
+            raise
         self.task_names = [meta[i][0] for i in range(num_envs)]
         self._descriptions = [meta[i][1] for i in range(num_envs)]
         self.action_dim = meta[0][2]
@@ -189,7 +202,7 @@ class WorkerBackend:
             raise RuntimeError(f"env workers restarted {self.restarts} times (max {self.max_restarts}); giving up")
         old = self._workers[w]
         old.kill()
-        self._workers[w] = _Worker(self._ctx, self._factory, old.env_ids, self.timeout_s)
+        self._workers[w] = _Worker(self._ctx, self._factory, old.env_ids, self.timeout_s).wait_ready()
         seeds = [(i, episode_seed(_RECOVERY_SEED_BASE + self._seeds[i], i, self.restarts)) for i in old.env_ids]
         self._workers[w].send("reset", seeds)
         desc = self._workers[w].recv()
