@@ -124,7 +124,6 @@ def test_wrong_dtype_is_an_error(tmp_path):
 
 
 def test_truncated_file_is_an_error(tmp_path):
-    _model("pi0_tiny", 0)
     ck.save_pirl(_model("pi0_tiny", 0), tmp_path)
     data = (tmp_path / ck.WEIGHTS).read_bytes()
     (tmp_path / ck.WEIGHTS).write_bytes(data[: len(data) // 2])
