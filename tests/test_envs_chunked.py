@@ -176,6 +176,29 @@ def test_worker_exception_restarts_and_marks_invalid(tmp_path):
         env.close()
 
 
+class FailingBuildFactory(LineFactory):
+    """Builds every env but `bad`, whose simulator fails to start."""
+
+    def __init__(self, bad: int):
+        super().__init__()
+        self.bad = bad
+
+    def __call__(self, index: int) -> LineEnv:
+        if index == self.bad:
+            raise RuntimeError(f"cannot build env {index}")
+        return super().__call__(index)
+
+
+def test_failed_worker_start_names_the_error_and_leaves_no_process():
+    import multiprocessing as mp
+
+    from pirl.envs.vector import WorkerCrash
+
+    with pytest.raises(WorkerCrash, match="cannot build env 1"):
+        WorkerBackend(FailingBuildFactory(bad=1), num_envs=3, num_workers=3)
+    assert mp.active_children() == []
+
+
 def test_worker_killed_restarts():
     backend = WorkerBackend(LineFactory(), num_envs=2, num_workers=2)
     env = ChunkedVecEnv(backend, 50, seed=3)
