@@ -25,9 +25,9 @@ EVAL = re.compile(r"^iter (\d+) \|.*eval/success_once=([0-9.]+)", re.M)
 EVERY = 5
 # π0.5 learns more slowly (its state comes as digit tokens in the prompt): 40 iterations.
 ITERATIONS = {"pi0_tiny": 25, "pi05_tiny": 40}
-# bench/learning.py, seed 0 on this machine (docs/benchmarks.md has seeds 0-2), mean of the
-# last three evals minus the warm start: π0 flow-SDE +0.19, flow-noise +0.10 (25
-# iterations); π0.5 flow-SDE +0.11, flow-noise +0.10 (40 iterations).
+# bench/learning.py, seed 0 (docs/benchmarks.md has seeds 0-2), mean of the last three evals
+# minus the warm start: π0 flow-SDE +0.19, flow-noise +0.10 (25 iterations); π0.5 flow-SDE
+# +0.16, flow-noise +0.08 (40 iterations).
 MIN_GAIN = 0.05
 MODEL = ["actor.model.num_steps=1", "actor.model.openpi.train_expert_only=False", "env.train.extra.render=True",
          "env.eval.extra.render=True"]
