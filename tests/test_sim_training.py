@@ -32,7 +32,7 @@ def test_metaworld_ppo_two_ranks(tmp_path):
     _check(_launch("metaworld_reach_ppo_flow_mlp", hosts, tmp_path / "logs"))
 
 
-# ManiSkill's CPU backend runs one env per worker process and building one costs ~15 s of
+# ManiSkill's CPU backend runs one env per worker process and building one costs ~12 s of
 # CPU here: 2 train envs (2 x 4 chunk steps = one batch of 8) and 1 eval env keep it short.
 MANISKILL_SHORT = ("env.train.total_num_envs=2", "env.eval.total_num_envs=1", "env.train.max_episode_steps=16",
                    "env.eval.max_episode_steps=16", "actor.global_batch_size=8")

@@ -67,14 +67,17 @@ def _serve(envs: dict[int, SingleEnv], cmd: str, payload: Any) -> Any:
     raise ValueError(f"unknown worker command {cmd!r}")
 
 
+EnvMeta = tuple[str, str, int, int]  # (task_name, task_description, action_dim, state_dim)
+
+
 class WorkerCrash(RuntimeError):
     pass
 
 
 class _Worker:
-    """One env process. Construction only starts it; `wait_ready` collects the envs'
-    metadata, so a backend starts all its workers before waiting on any and their
-    simulator imports and scene builds overlap."""
+    """One env process. Construction only starts it; `wait_ready` waits for its envs to be
+    built, so a backend starts all its workers before waiting on any and their simulator
+    imports and scene builds overlap."""
 
     def __init__(self, ctx, factory, env_ids: list[int], timeout_s: float):
         self.env_ids = env_ids
@@ -83,11 +86,10 @@ class _Worker:
         self.proc = ctx.Process(target=_worker_main, args=(child, factory, env_ids), daemon=True)
         self.proc.start()
         child.close()
-        self.meta: dict[int, tuple[str, str, int, int]] = {}
 
-    def wait_ready(self) -> "_Worker":
-        self.meta = self.recv(timeout_s=max(self.timeout_s, 600.0))  # building a sim can be slow
-        return self
+    def wait_ready(self) -> dict[int, EnvMeta]:
+        """Blocks until the envs are built; their metadata by env index."""
+        return self.recv(timeout_s=max(self.timeout_s, 600.0))  # building a sim can be slow
 
     def send(self, cmd: str, payload: Any) -> None:
         try:
@@ -146,10 +148,10 @@ class WorkerBackend:
             _Worker(self._ctx, factory, [i for i in range(num_envs) if self._owner[i] == w], timeout_s)
             for w in range(num_workers)
         ]
-        meta: dict[int, tuple[str, str, int, int]] = {}
+        meta: dict[int, EnvMeta] = {}
         try:
             for w in self._workers:
-                meta.update(w.wait_ready().meta)
+                meta.update(w.wait_ready())
         except WorkerCrash:
             for w in self._workers:  # no half-built backend keeps processes alive
                 w.kill()
@@ -202,7 +204,8 @@ class WorkerBackend:
             raise RuntimeError(f"env workers restarted {self.restarts} times (max {self.max_restarts}); giving up")
         old = self._workers[w]
         old.kill()
-        self._workers[w] = _Worker(self._ctx, self._factory, old.env_ids, self.timeout_s).wait_ready()
+        self._workers[w] = _Worker(self._ctx, self._factory, old.env_ids, self.timeout_s)
+        self._workers[w].wait_ready()
         seeds = [(i, episode_seed(_RECOVERY_SEED_BASE + self._seeds[i], i, self.restarts)) for i in old.env_ids]
         self._workers[w].send("reset", seeds)
         desc = self._workers[w].recv()
