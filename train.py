@@ -1,34 +1,43 @@
 """pirl entry point: config -> distributed init -> runner.run().
 
-    deepspeed --hostfile launcher/hosts train.py --config-name reach2d_ppo_flow_sde [key=value ...]
+    deepspeed --hostfile launcher/hosts train.py --config-name reach2d_ppo_flow_sde [overrides]
     torchrun --nproc_per_node 2 train.py --config-name ...
     python train.py --config-name ... [--dry-run] [--world-size N]
 
-The config is loaded and validated against the world size BEFORE any process group,
-simulator or model starts; a bad config exits with status 2 and one message naming the key.
+The config is composed (hydra-core), loaded and validated against the world size BEFORE
+any process group, simulator or model starts; a bad config exits with status 2 and one
+message naming the key and the file.
 """
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pirl.config import ConfigError, build_arg_parser, derived_sizes, format_dry_run, load_config, world_size_of
+    from pirl.config import (ConfigError, ConfigNotice, apply_hydra_runtime, build_arg_parser, derived_sizes,
+                             format_dry_run, load_job, world_size_of)
 
     parser = build_arg_parser(prog="train.py")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse_hidden())
     args = parser.parse_args(argv)
     launched = int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ else None
     world_size = args.world_size or launched
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    if rank != 0:  # every rank validates; one prints the notices
+        warnings.simplefilter("ignore", ConfigNotice)
     try:
-        cfg = load_config(args.config_name, args.config_path, args.overrides, world_size=world_size)
+        job = load_job(args.config_name, args.config_path, args.overrides, world_size=world_size,
+                       check_files=not args.dry_run)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    cfg = job.cfg
     if args.dry_run:
         print(format_dry_run(cfg, derived_sizes(cfg, world_size or world_size_of(cfg))))
         return 0
+    apply_hydra_runtime(job, args.overrides, rank)
     from pirl.engine.dist import init_distributed
     from pirl.runner import Runner
 

@@ -1,6 +1,6 @@
 """The training loop (DESIGN.md "The job, as data flows"), colocated placement.
 
-One iteration: `algorithm.rollout_epoch` x (max_episode_steps / num_action_chunks)
+One iteration: `env.train.rollout_epoch` x (max_steps_per_rollout_epoch / num_action_chunks)
 chunk steps of every env with the rollout replica, then advantages (GAE or GRPO), then
 `algorithm.update_epoch` passes of shuffled minibatches through the DeepSpeed actor,
 then the actor's weights go to the rollout replica. One RL sample = one chunk step of
@@ -69,35 +69,35 @@ class Runner:
                 "in this version; disjoint env/rollout/actor ranks need the distributed engine")
         self.logger = MetricLogger(cfg, dist.rank)
         model_cfg, algo = cfg.actor.model, cfg.algorithm
-        self.chunk = int(model_cfg.num_action_chunks)
-        self.n_chunks = int(cfg.env.train.max_episode_steps) // self.chunk
-        self.stages = int(cfg.rollout.pipeline_stage_num)
-        envs_per_rank = int(cfg.env.train.total_num_envs) // dist.world_size
-        eval_per_rank = int(cfg.env.eval.total_num_envs) // dist.world_size
+        self.chunk = model_cfg.num_action_chunks
+        self.n_chunks = cfg.env.train.max_steps_per_rollout_epoch // self.chunk
+        self.stages = cfg.rollout.pipeline_stage_num
+        envs_per_rank = cfg.env.train.total_num_envs // dist.world_size
+        eval_per_rank = cfg.env.eval.total_num_envs // dist.world_size
         # Each pipeline stage owns its own envs; stages run one after another here (the
         # overlap of simulation and inference needs env and rollout on different ranks).
         self.envs = [make_env(cfg.env.train, envs_per_rank // self.stages,
-                              seed=int(cfg.env.train.seed) + 1000 * (dist.rank * self.stages + s),
-                              rank=dist.rank, video_cfg=cfg.video_cfg if s == 0 else None)
+                              seed=cfg.env.train.seed + 1000 * (dist.rank * self.stages + s),
+                              rank=dist.rank, record=s == 0)
                      for s in range(self.stages)]
-        self.eval_env = make_env(cfg.env.eval, eval_per_rank, seed=int(cfg.env.eval.seed) + 1000 * dist.rank,
+        self.eval_env = make_env(cfg.env.eval, eval_per_rank, seed=cfg.env.eval.seed + 1000 * dist.rank,
                                  rank=dist.rank)
         # The same seed on every rank: ZeRO-3 partitions each rank's own initial tensors.
-        _seed_everything(int(cfg.runner.seed))
+        _seed_everything(cfg.runner.seed)
         policy = build_policy(model_cfg, state_dim=self.envs[0].state_dim).to(dist.device)
         self.rollout_policy: FlowPolicy = copy.deepcopy(policy).eval().requires_grad_(False)
-        self.samples_per_rank = int(algo.rollout_epoch) * self.n_chunks * envs_per_rank
-        per_step = int(cfg.actor.global_batch_size) // dist.world_size
-        self.steps_per_iter = self.samples_per_rank // per_step * int(algo.update_epoch)
-        total_steps = int(cfg.actor.optim.total_training_steps)
+        self.samples_per_rank = cfg.env.train.rollout_epoch * self.n_chunks * envs_per_rank
+        per_step = cfg.actor.global_batch_size // dist.world_size
+        self.steps_per_iter = self.samples_per_rank // per_step * algo.update_epoch
+        total_steps = cfg.actor.optim.total_training_steps
         if total_steps <= 0:
-            total_steps = self.steps_per_iter * int(cfg.runner.max_epochs)
+            total_steps = self.steps_per_iter * cfg.runner.max_epochs
         from pirl.engine.actor import ActorEngine
 
         self.actor = ActorEngine(policy, cfg.actor, dist.world_size, total_steps)
         self.actor.copy_weights_to(self.rollout_policy)
         # Per-rank randomness: rollout noise and minibatch shuffling.
-        self.gen = torch.Generator().manual_seed(int(cfg.runner.seed) * 7919 + dist.rank)
+        self.gen = torch.Generator().manual_seed(cfg.runner.seed * 7919 + dist.rank)
         self.iteration = 0
         self.global_step = 0
         self.obs: list | None = None
@@ -105,7 +105,7 @@ class Runner:
 
     # ---- rollout ------------------------------------------------------------------------
     def _reset_seed(self, stage: int, epoch: int) -> int:
-        return int(self.cfg.env.train.seed) + 100_003 * (self.iteration * 64 + epoch) + 1009 * (
+        return self.cfg.env.train.seed + 100_003 * (self.iteration * 64 + epoch) + 1009 * (
             self.dist.rank * self.stages + stage)
 
     @torch.no_grad()
@@ -120,13 +120,15 @@ class Runner:
     @torch.no_grad()
     def rollout(self) -> tuple[RolloutBatch, dict[str, float]]:
         split = self.cfg.env.train
-        algo = self.cfg.algorithm
-        group = int(split.group_size)
+        # use_fixed_reset_state_ids: the envs of a group share their reset state, else
+        # every env draws its own.
+        group = split.group_size if split.use_fixed_reset_state_ids else 1
+        always = self.cfg.algorithm.bootstrap_type == "always"
         per_epoch: list[RolloutBatch] = []
         episodes: list[tuple[str, dict[str, float]]] = []  # (task, metrics) of each finished episode
         restarts = 0
-        for epoch in range(int(algo.rollout_epoch)):
-            if self.obs is None or not bool(split.auto_reset):
+        for epoch in range(split.rollout_epoch):
+            if self.obs is None or not split.auto_reset:
                 self.obs = [env.reset(seed=self._reset_seed(s, epoch), group_size=group)
                             for s, env in enumerate(self.envs)]
             stage_batches = []
@@ -139,6 +141,7 @@ class Runner:
                     obs, rew, term, trunc, infos = env.chunk_step(out.actions.cpu())
                     done = infos["done"]
                     truncated = trunc.any(dim=1) & ~term.any(dim=1)
+                    boot = done if always else truncated  # where GAE adds γ·V(final obs)
                     rec["fi"].append({k: v.cpu() for k, v in fi.items()})
                     rec["chains"].append(out.chains.cpu())
                     rec["mask"].append(out.step_mask.cpu())
@@ -147,8 +150,8 @@ class Runner:
                     rec["r"].append(algos.chunk_rewards(rew[None], 1.0)[0])
                     rec["d"].append(done)
                     rec["tr"].append(truncated)
-                    rec["fv"].append(self._final_values(obs, infos, truncated)
-                                     if bool(algo.bootstrap_on_truncation) else torch.zeros(env.num_envs))
+                    rec["fv"].append(self._final_values(obs, infos, boot)
+                                     if self._bootstraps() else torch.zeros(env.num_envs))
                     rec["valid"].append(infos.get("valid", torch.ones(env.num_envs, dtype=torch.bool)))
                     episodes += _finished_episodes(infos, getattr(env, "task_names", None))
                     restarts += int(infos.get("restarts", 0))
@@ -157,7 +160,7 @@ class Runner:
                     self.obs[s] = obs
                 dones = _stack(rec["d"])
                 mask = invalidate_cut_episodes(_stack(rec["valid"]), dones)
-                if not bool(split.auto_reset):
+                if not split.auto_reset:
                     mask &= algos.loss_mask_after_done(dones)
                 stage_batches.append(RolloutBatch(
                     forward_inputs={k: _stack([f[k] for f in rec["fi"]]) for k in rec["fi"][0]},
@@ -173,19 +176,26 @@ class Runner:
         return _cat_envs(per_epoch), env_metrics
 
     # ---- advantages ---------------------------------------------------------------------
+    def _bootstraps(self) -> bool:
+        """algorithm.bootstrap_type applies with auto-reset episodes and a critic, as in the
+        reference system."""
+        algo = self.cfg.algorithm
+        return algo.bootstrap_type != "none" and algo.adv_type == "gae" and self.cfg.env.train.auto_reset
+
     def compute_advantages(self, b: RolloutBatch) -> dict[str, float]:
         algo = self.cfg.algorithm
         if algo.adv_type == "gae":
-            boot = bool(algo.bootstrap_on_truncation)
-            adv, ret = algos.compute_gae(b.rewards, b.values, b.dones, b.last_values, float(algo.gamma),
-                                         float(algo.gae_lambda), b.truncations if boot else None,
+            boot = self._bootstraps()
+            ends = b.dones if algo.bootstrap_type == "always" else b.truncations
+            adv, ret = algos.compute_gae(b.rewards, b.values, b.dones, b.last_values, algo.gamma,
+                                         algo.gae_lambda, ends if boot else None,
                                          b.final_values if boot else None)
         else:
-            adv, keep = algos.compute_grpo_advantages(b.rewards, b.mask, int(algo.group_size))
+            adv, keep = algos.compute_grpo_advantages(b.rewards, b.mask, algo.group_size)
             b.mask = b.mask & keep[None]
-            if bool(algo.filter_rewards):
-                keep = algos.filter_groups(b.success, int(algo.group_size), float(algo.rewards_lower_bound),
-                                           float(algo.rewards_upper_bound))
+            if algo.filter_rewards:
+                keep = algos.filter_groups(b.success, algo.group_size, algo.rewards_lower_bound,
+                                           algo.rewards_upper_bound)
                 b.mask = b.mask & keep[None]
             ret = adv.clone()
         valid = b.mask.float()
@@ -194,7 +204,7 @@ class Runner:
         n = max(stats[2].item(), 1.0)
         metrics = {"rollout/advantages_mean": stats[0].item() / n, "rollout/returns_mean": stats[1].item() / n,
                    "rollout/valid_fraction": stats[2].item() / max(1.0, stats[3].item())}
-        if bool(algo.normalize_advantages) and algo.adv_type == "gae":
+        if algo.normalize_advantages and algo.adv_type == "gae":
             adv = algos.normalize_advantages(adv, b.mask, reduce_sum=all_reduce_sum)
         b.advantages, b.returns = adv, ret
         return metrics
@@ -207,7 +217,7 @@ class Runner:
         old = reduce_logprob(mb["logprob"], algo.logprob_type)
         critic = algo.loss_type == "actor_critic"
         return algos.ppo_loss(
-            lp, old, mb["advantages"], mb["mask"], entropy=ev.entropy,
+            lp, old, mb["advantages"], mb["mask"], entropy=reduce_logprob(ev.entropy, algo.entropy_type),
             values=ev.values if critic else None, old_values=mb["values"] if critic else None,
             returns=mb["returns"] if critic else None, **algos.loss_kwargs(algo))
 
@@ -221,14 +231,14 @@ class Runner:
             "mask": b.mask.flatten(0, 1),
         }
         n = flat["chains"].shape[0]
-        micro = int(self.cfg.actor.micro_batch_size)
+        micro = self.cfg.actor.micro_batch_size
         ga = self.actor.grad_accum
         per_step = micro * ga
         totals: dict[str, float] = {}
         count = 0
         bar = tqdm(total=self.steps_per_iter, desc=f"iter {self.iteration}", leave=False,
                    disable=not self.logger.active, dynamic_ncols=True)
-        for _ in range(int(self.cfg.algorithm.update_epoch)):
+        for _ in range(self.cfg.algorithm.update_epoch):
             perm = torch.randperm(n, generator=self.gen)
             for start in range(0, n - per_step + 1, per_step):
                 idx = perm[start:start + per_step]
@@ -250,12 +260,12 @@ class Runner:
     def evaluate(self) -> dict[str, float]:
         """Deterministic ODE sampling, one episode per eval env; success of that episode."""
         env = self.eval_env
-        seed = int(self.cfg.env.eval.seed) + 7 * self.dist.rank
+        seed = self.cfg.env.eval.seed + 7 * self.dist.rank
         obs = env.reset(seed=seed, group_size=1)
         # Fixed initial noise too: the same weights always score the same, and comparisons
         # before/after training see the same episodes and the same x1 draws.
         gen = torch.Generator().manual_seed(seed)
-        n_chunks = int(self.cfg.env.eval.max_episode_steps) // self.chunk
+        n_chunks = self.cfg.env.eval.max_steps_per_rollout_epoch // self.chunk
         success = torch.full((env.num_envs,), float("nan"))
         length = torch.zeros(env.num_envs)
         for _ in range(n_chunks):
@@ -276,17 +286,23 @@ class Runner:
         if self.ckpt.resume_path() is not None:
             self.load(self.ckpt.resume_path())
         results: dict[str, float] = {}
-        if bool(cfg.eval_before_train) and self.iteration == 0:
+        if cfg.only_eval:
+            results["success"] = self.evaluate()["eval/success_once"]
+            self.logger.log({"eval/success_once": results["success"]}, self.iteration)
+            self.logger.info(f"eval only: success {results['success']:.3f}")
+            self.close()
+            return results
+        if cfg.eval_before_train and self.iteration == 0:
             results["success_before"] = self.evaluate()["eval/success_once"]
             self.logger.info(f"eval before training: success {results['success_before']:.3f}")
             self.logger.log({"eval/success_once": results["success_before"]}, 0)
-        max_steps = int(cfg.max_steps)
-        while self.iteration < int(cfg.max_epochs) and (max_steps < 0 or self.global_step < max_steps):
+        max_steps = cfg.max_steps
+        while self.iteration < cfg.max_epochs and (max_steps < 0 or self.global_step < max_steps):
             t0 = time.perf_counter()
-            if bool(self.cfg.actor.enable_offload):
+            if self.cfg.actor.enable_offload:
                 self.actor.offload()
             batch, metrics = self.rollout()
-            if bool(self.cfg.actor.enable_offload):
+            if self.cfg.actor.enable_offload:
                 self.actor.onload()
             t1 = time.perf_counter()
             metrics.update(self.compute_advantages(batch))
@@ -295,12 +311,12 @@ class Runner:
             t2 = time.perf_counter()
             self.iteration += 1
             metrics.update({"time/rollout": t1 - t0, "time/update": t2 - t1, "time/iteration": t2 - t0})
-            interval = int(cfg.val_check_interval)
+            interval = cfg.val_check_interval
             if interval > 0 and self.iteration % interval == 0:
                 metrics.update(self.evaluate())
             self.logger.log(metrics, self.iteration)
             self.logger.info(format_summary(self.iteration, metrics))
-            if int(cfg.save_interval) > 0 and self.iteration % int(cfg.save_interval) == 0:
+            if cfg.save_interval > 0 and self.iteration % cfg.save_interval == 0:
                 self.save()
         results["success_after"] = self.evaluate()["eval/success_once"]
         self.logger.log({"eval/success_once": results["success_after"]}, self.iteration)
@@ -308,10 +324,13 @@ class Runner:
             self.logger.info(f"success before: {results['success_before']:.3f}  after: {results['success_after']:.3f}")
         else:
             self.logger.info(f"success after: {results['success_after']:.3f}")
+        self.close()
+        return results
+
+    def close(self) -> None:
         self.logger.close()
         for env in self.envs + [self.eval_env]:
             env.close()
-        return results
 
     # ---- checkpoint / resume ------------------------------------------------------------------
     def _runner_state(self) -> dict:

@@ -115,13 +115,13 @@ def warm_start(cfg, episodes_per_env: int, num_envs: int = 16, noise: float = 0.
                lr: float = 1e-3, seed: int = 0) -> tuple[FlowPolicy, list[float]]:
     """Build the experiment's policy (any model type) and fit it to expert demos of its
     train env: `episodes_per_env` x `num_envs` demonstrated episodes, observed as the RL run
-    will observe them (rendered when env.train.extra.render says so)."""
+    will observe them (rendered when env.train.init_params.render says so)."""
     split = cfg.env.train
-    if str(split.simulator_type) != "reach2d":
-        raise ValueError(f"pirl.sft warm starts reach2d only; env.train.simulator_type is {split.simulator_type!r}")
-    env = Reach2DEnv(num_envs, max_episode_steps=int(split.max_episode_steps), auto_reset=False,
-                     seed=seed, **dict(split.extra))
-    chunk = int(cfg.actor.model.num_action_chunks)
+    if split.env_type != "reach2d":
+        raise ValueError(f"pirl.sft warm starts reach2d only; env.train.env_type is {split.env_type!r}")
+    env = Reach2DEnv(num_envs, max_episode_steps=split.max_episode_steps, auto_reset=False,
+                     seed=seed, **dict(split.init_params))
+    chunk = cfg.actor.model.num_action_chunks
     observations, actions = collect_demos(env, episodes_per_env, chunk, noise, seed)
     torch.manual_seed(seed)
     model_cfg = cfg.actor.model.copy() if hasattr(cfg.actor.model, "copy") else cfg.actor.model

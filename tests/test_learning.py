@@ -91,8 +91,8 @@ def test_flow_mlp_predicts_the_clean_action():
 
 def test_scripted_expert_solves_the_learning_task():
     cfg = load_config("reach2d_learn_ppo_flow_sde")
-    extra = dict(cfg.env.train.extra) | {"render": False}
-    env = Reach2DEnv(128, max_episode_steps=16, auto_reset=False, ignore_terminations=True, seed=3, **extra)
+    params = dict(cfg.env.train.init_params) | {"render": False}
+    env = Reach2DEnv(128, max_episode_steps=16, auto_reset=False, ignore_terminations=True, seed=3, **params)
     env.reset()
     for _ in range(4):
         *_, info = env.chunk_step(expert_chunk(env, 4))

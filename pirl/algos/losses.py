@@ -248,8 +248,8 @@ PPO_LOSS_KEYS = ("clip_ratio_low", "clip_ratio_high", "clip_ratio_c", "entropy_b
 
 
 def loss_kwargs(algorithm) -> dict:
-    """The `algorithm` config section (dataclass or OmegaConf) -> ppo_loss keyword args.
-    `loss_agg_mode` is read when the section has it (default token-mean)."""
+    """The `algorithm` config section (dataclass or OmegaConf) -> ppo_loss keyword args;
+    the reference system's `loss_agg_func` is ppo_loss's `loss_agg_mode`."""
     kwargs = {k: getattr(algorithm, k) for k in PPO_LOSS_KEYS}
-    kwargs["loss_agg_mode"] = getattr(algorithm, "loss_agg_mode", TOKEN_MEAN)
+    kwargs["loss_agg_mode"] = algorithm.loss_agg_func
     return kwargs

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import pirl
 from pirl.engine.placement import Placement, PlacementError, format_ranks
-from pirl.envs import SIMULATORS
+from pirl.envs import SIMULATORS, check_init_params
 
 # The directory holding train.py, configs/ and ds_configs/: relative paths in a config
 # are looked up in the working directory first, then here.
@@ -31,7 +31,12 @@ REWARD_TYPES = ("chunk_level",)
 ADV_TYPES = ("gae", "grpo")
 LOSS_TYPES = ("actor_critic", "actor")
 VALUE_LOSS_TYPES = ("huber", "mse")
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")  # pirl.algos.losses
+LOSS_AGG_FUNCS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")  # pirl.algos.losses
+# standard: bootstrap truncated episodes; always: every ended one (the reference's two);
+# none: never (pirl's reach2d runs)
+BOOTSTRAP_TYPES = ("standard", "always", "none")
+REWARD_MODES = ("sparse", "dense")
+KL_PENALTIES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3", "full")  # estimators of the reference
 LOGGER_BACKENDS = ("tensorboard", "wandb", "swanlab")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -69,24 +74,24 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     *[(k, _positive, "a positive integer") for k in (
         "cluster.num_nodes", "cluster.num_gpus_per_node",
         "runner.max_epochs", "runner.keep_last_n",
-        "algorithm.rollout_epoch", "algorithm.update_epoch", "algorithm.group_size",
-        "env.train.total_num_envs", "env.train.max_episode_steps", "env.train.group_size",
-        "env.train.image_size", "env.eval.total_num_envs", "env.eval.max_episode_steps",
-        "env.eval.group_size", "env.eval.image_size",
-        "rollout.pipeline_stage_num", "video_cfg.fps",
+        "algorithm.update_epoch", "algorithm.group_size",
+        *[f"env.{split}.{k}" for split in ("train", "eval") for k in (
+            "total_num_envs", "rollout_epoch", "max_episode_steps", "max_steps_per_rollout_epoch",
+            "group_size", "video_cfg.fps")],
+        "rollout.pipeline_stage_num",
         "actor.micro_batch_size", "actor.global_batch_size",
-        "actor.model.action_dim", "actor.model.num_action_chunks", "actor.model.action_horizon",
-        "actor.model.action_model_dim", "actor.model.num_steps", "actor.model.hidden_dim",
-        "actor.model.num_layers", "actor.model.lora_rank",
+        "actor.model.action_dim", "actor.model.num_action_chunks", "actor.model.num_steps",
+        "actor.model.hidden_dim", "actor.model.num_layers", "actor.model.lora_rank",
         "actor.model.openpi.action_chunk", "actor.model.openpi.num_steps",
-        "actor.model.openpi.action_env_dim",
+        "actor.model.openpi.action_env_dim", "actor.model.openpi.action_horizon",
+        "actor.model.openpi.action_dim", "actor.model.openpi.num_images_in_input",
     )],
     *[(k, _non_negative, "a non-negative integer") for k in (
         "env.train.num_workers", "env.eval.num_workers", "actor.optim.lr_warmup_steps",
     )],
     *[(k, _positive, "> 0") for k in (
         "algorithm.clip_ratio_low", "algorithm.clip_ratio_high", "algorithm.huber_delta",
-        "algorithm.value_clip", "algorithm.max_grad_norm", "actor.optim.lr",
+        "algorithm.value_clip", "actor.optim.lr",
         "actor.optim.value_lr", "actor.optim.adam_eps", "actor.optim.clip_grad",
     )],
     *[(k, _non_negative, ">= 0") for k in (
@@ -109,9 +114,14 @@ _CHOICES: list[tuple[str, tuple[str, ...]]] = [
     ("algorithm.reward_type", REWARD_TYPES),
     ("algorithm.logprob_type", LOGPROB_TYPES),
     ("algorithm.value_loss_type", VALUE_LOSS_TYPES),
-    ("algorithm.loss_agg_mode", LOSS_AGG_MODES),
-    ("env.train.simulator_type", SIMULATOR_TYPES),
-    ("env.eval.simulator_type", SIMULATOR_TYPES),
+    ("algorithm.entropy_type", LOGPROB_TYPES),
+    ("algorithm.loss_agg_func", LOSS_AGG_FUNCS),
+    ("algorithm.bootstrap_type", BOOTSTRAP_TYPES),
+    ("algorithm.kl_penalty", KL_PENALTIES),
+    ("env.train.env_type", SIMULATOR_TYPES),
+    ("env.eval.env_type", SIMULATOR_TYPES),
+    ("env.train.reward_mode", REWARD_MODES),
+    ("env.eval.reward_mode", REWARD_MODES),
     ("actor.model.model_type", MODEL_TYPES),
     ("actor.model.precision", PRECISIONS),
     ("actor.model.prediction", ("sample", "velocity")),  # pirl.models.flow_mlp.PREDICTIONS
@@ -167,14 +177,35 @@ def check_fields(cfg: DictConfig) -> None:
 
 # ------------------------------------------------------------------ consistency
 
+def model_action_sizes(model_cfg) -> tuple[int, int]:
+    """(H, D): actions the model predicts per chunk and its (padded) action dim.
+    `openpi.action_horizon` / `openpi.action_dim` when set; null: flow_mlp predicts exactly
+    the executed chunk in the env's dims, π0 the `openpi.config_name` preset's sizes."""
+    op = model_cfg.openpi
+    if model_cfg.model_type == "openpi":
+        # Imported only for π0: its package pulls in transformers.
+        from pirl.models.pi0.configuration import PRESETS
+
+        if op.config_name not in PRESETS:
+            raise ConfigError(f"actor.model.openpi.config_name: {op.config_name!r} is not one of "
+                              f"{', '.join(sorted(PRESETS))}")
+        base = PRESETS[op.config_name]
+        return (op.action_horizon if op.action_horizon is not None else base.action_horizon,
+                op.action_dim if op.action_dim is not None else base.action_dim)
+    return (op.action_horizon if op.action_horizon is not None else model_cfg.num_action_chunks,
+            op.action_dim if op.action_dim is not None else model_cfg.action_dim)
+
+
 def check_model_and_algorithm(cfg: DictConfig) -> None:
     m, op, alg = cfg.actor.model, cfg.actor.model.openpi, cfg.algorithm
-    if m.num_action_chunks > m.action_horizon:
-        raise ConfigError(f"actor.model.num_action_chunks: {m.num_action_chunks} executed "
-                          f"actions exceed actor.model.action_horizon ({m.action_horizon})")
-    if m.action_dim > m.action_model_dim:
+    horizon, model_dim = model_action_sizes(m)
+    if m.num_action_chunks > horizon:
+        src = f", from the {op.config_name} preset" if op.action_horizon is None else ""
+        raise ConfigError(f"actor.model.num_action_chunks: {m.num_action_chunks} executed actions "
+                          f"exceed actor.model.openpi.action_horizon ({horizon}{src})")
+    if m.action_dim > model_dim:
         raise ConfigError(f"actor.model.action_dim: {m.action_dim} env action dims exceed "
-                          f"actor.model.action_model_dim ({m.action_model_dim})")
+                          f"actor.model.openpi.action_dim ({model_dim})")
     # The openpi block repeats three model sizes (the seeds interpolate them); two values
     # that disagree would make the env and the log-prob see different chunks.
     for sub, top in (("action_chunk", "num_action_chunks"), ("num_steps", "num_steps"),
@@ -182,7 +213,7 @@ def check_model_and_algorithm(cfg: DictConfig) -> None:
         if op[sub] != m[top]:
             raise ConfigError(
                 f"actor.model.openpi.{sub}: {op[sub]} differs from actor.model.{top} "
-                f"({m[top]}); leave it as ${{actor.model.{top}}}")
+                f"({m[top]}); leave it as ${{..{top}}}")
     if alg.adv_type == "gae" and (alg.loss_type != "actor_critic" or not m.add_value_head):
         raise ConfigError(
             f"algorithm.adv_type: gae needs a critic: set algorithm.loss_type: actor_critic "
@@ -204,16 +235,24 @@ def check_model_and_algorithm(cfg: DictConfig) -> None:
             raise ConfigError(f"env.train.group_size: {cfg.env.train.group_size} differs from "
                               f"algorithm.group_size ({alg.group_size}); set it to "
                               f"${{algorithm.group_size}}")
+        if not cfg.env.train.use_fixed_reset_state_ids:
+            raise ConfigError("env.train.use_fixed_reset_state_ids: False, but GRPO compares the "
+                              "episodes of a group, which must start from one reset state")
     for split in ("train", "eval"):
         e = cfg.env[split]
-        if e.max_episode_steps % m.num_action_chunks:
-            raise ConfigError(
-                f"env.{split}.max_episode_steps: {e.max_episode_steps} is not a multiple of "
-                f"actor.model.num_action_chunks ({m.num_action_chunks})")
+        problem = check_init_params(e.env_type, OmegaConf.to_container(e.init_params, resolve=True))
+        if problem:
+            raise ConfigError(f"env.{split}.init_params: {problem}")
+        for key in ("max_episode_steps", "max_steps_per_rollout_epoch"):
+            if e[key] % m.num_action_chunks:
+                raise ConfigError(
+                    f"env.{split}.{key}: {e[key]} is not a multiple of "
+                    f"actor.model.num_action_chunks ({m.num_action_chunks})")
 
 
 def eval_enabled(cfg: DictConfig) -> bool:
-    return cfg.runner.val_check_interval > 0 or bool(cfg.runner.eval_before_train)
+    r = cfg.runner
+    return r.val_check_interval > 0 or r.eval_before_train or r.only_eval
 
 
 # ------------------------------------------------------------------ layout
@@ -244,8 +283,8 @@ def placement_of(cfg: DictConfig, world_size: int) -> Placement:
 def samples_per_rollout(cfg: DictConfig) -> int:
     """RL samples (chunk steps of one env) collected per training iteration."""
     e = cfg.env.train
-    return (e.total_num_envs * cfg.algorithm.rollout_epoch
-            * (e.max_episode_steps // cfg.actor.model.num_action_chunks))
+    return (e.total_num_envs * e.rollout_epoch
+            * (e.max_steps_per_rollout_epoch // cfg.actor.model.num_action_chunks))
 
 
 def check_layout(cfg: DictConfig, world_size: int) -> Placement:
@@ -278,9 +317,9 @@ def check_layout(cfg: DictConfig, world_size: int) -> Placement:
         e = cfg.env.train
         raise ConfigError(
             f"actor.global_batch_size: {gb} does not divide the samples per rollout {n} "
-            f"(env.train.total_num_envs {e.total_num_envs} x algorithm.rollout_epoch "
-            f"{cfg.algorithm.rollout_epoch} x env.train.max_episode_steps "
-            f"{e.max_episode_steps} / actor.model.num_action_chunks "
+            f"(env.train.total_num_envs {e.total_num_envs} x env.train.rollout_epoch "
+            f"{e.rollout_epoch} x env.train.max_steps_per_rollout_epoch "
+            f"{e.max_steps_per_rollout_epoch} / actor.model.num_action_chunks "
             f"{cfg.actor.model.num_action_chunks})")
     return p
 
@@ -307,14 +346,16 @@ def _require_path(cfg: DictConfig, key: str, what: str) -> Path:
     return found
 
 
-def check_paths(cfg: DictConfig) -> dict[str, Path]:
-    """Files the run will open. Returns key -> absolute path for those that are set."""
+def check_paths(cfg: DictConfig, check_files: bool = True) -> dict[str, Path]:
+    """Files the run will open. Returns key -> absolute path for those that are set.
+    `check_files=False` (--dry-run) skips the checkpoints, which may not be downloaded yet;
+    the DeepSpeed JSON is always read."""
     found: dict[str, Path] = {}
-    if cfg.actor.model.model_path is not None:
+    if cfg.actor.model.model_path is not None and check_files:
         found["actor.model.model_path"] = _require_path(cfg, "actor.model.model_path",
                                                         "checkpoint")
     resume = cfg.runner.resume_dir
-    if resume is not None and resume != RESUME_AUTO:
+    if resume is not None and resume != RESUME_AUTO and check_files:
         found["runner.resume_dir"] = _require_path(cfg, "runner.resume_dir",
                                                    "checkpoint directory")
     ds = _require_path(cfg, "actor.ds_config", "DeepSpeed config")
@@ -329,10 +370,10 @@ def check_paths(cfg: DictConfig) -> dict[str, Path]:
     return found
 
 
-def validate(cfg: DictConfig, world_size: int) -> Placement:
+def validate(cfg: DictConfig, world_size: int, check_files: bool = True) -> Placement:
     """All checks, for a job of `world_size` ranks; returns the placement."""
     check_fields(cfg)
     check_model_and_algorithm(cfg)
     placement = check_layout(cfg, world_size)
-    check_paths(cfg)
+    check_paths(cfg, check_files)
     return placement

@@ -171,7 +171,7 @@ class ChunkedVecEnv:
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
         if reward_mode not in ("sparse", "dense"):
-            raise ValueError(f"env.extra.reward_mode must be 'sparse' or 'dense', got {reward_mode!r}")
+            raise ValueError(f"env.*.reward_mode must be 'sparse' or 'dense', got {reward_mode!r}")
         self.backend = backend
         self.num_envs = backend.num_envs
         self.action_dim = backend.action_dim

@@ -5,12 +5,12 @@ import torch
 
 from pirl.flow import FlowSpec
 from pirl.models.pi0.checkpoint import detect_format, find_norm_stats, load_weights, read_config, read_tokenizer
-from pirl.models.pi0.configuration import Pi0Config, _get, config_from_model_cfg, preset
+from pirl.models.pi0.configuration import DELTA_ACTION_MASKS, Pi0Config, _get, config_from_model_cfg, preset
 from pirl.models.pi0.lora import apply_lora, freeze_vlm
 from pirl.models.pi0.modeling import Pi0Model
 from pirl.models.pi0.normalize import QUANTILE, ZSCORE, load_norm_stats
 from pirl.models.pi0.policy import Pi0Policy
-from pirl.models.pi0.processor import Pi0Processor, ProcessorConfig
+from pirl.models.pi0.processor import CAMERA_OBS_KEYS, Pi0Processor, ProcessorConfig
 from pirl.models.pi0.tokenizer import ByteTokenizer, PromptTokenizer, SentencePieceTokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -72,12 +72,13 @@ def build_pi0_policy(model_cfg) -> Pi0Policy:
         encoder = ByteTokenizer()
     tokenizer = PromptTokenizer(encoder, cfg.max_token_len, cfg.discrete_state_input, cfg.paligemma.vocab_size)
     spec = flow_spec_from_cfg(model_cfg)
-    delta = _get(op, "delta_action_mask", None)
+    delta = _get(op, "delta_action_mask", DELTA_ACTION_MASKS.get(str(_get(op, "config_name", ""))))
     pcfg = ProcessorConfig(
         normalization=str(_get(op, "normalization", QUANTILE if cfg.pi05 else ZSCORE)),
         delta_action_mask=tuple(bool(x) for x in delta) if delta is not None else None,
         action_env_dim=spec.action_env_dim,
         train_augment=bool(_get(op, "train_augment", False)),
+        num_images=_get(op, "num_images_in_input", len(CAMERA_OBS_KEYS)),
     )
     processor = Pi0Processor(cfg, tokenizer, norm_stats, pcfg)
 
