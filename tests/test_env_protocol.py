@@ -45,23 +45,43 @@ def _step_env(**kw):
     return ChunkedVecEnv(LocalBackend([StepEnv() for _ in range(B)]), MAX_STEPS, seed=3, **kw)
 
 
-def _sim(kind, task, **extra):
-    def build(**kw):
-        cfg = EnvSplitConfig(simulator_type=kind, task=task, max_episode_steps=MAX_STEPS, image_size=32,
-                             extra={"render": False, **extra}, **kw)
-        return make_env(cfg, 2, seed=3)
-    return build
+def _name(settings: dict) -> str:
+    return ",".join(k for k, v in settings.items() if v) or "no_auto_reset"
 
 
-ENVS = {
-    "reach2d": _reach2d,
-    "chunked": _step_env,
-    "metaworld": pytest.param(_sim("metaworld", "reach-v3"), marks=pytest.mark.sim),
-    "maniskill": pytest.param(_sim("maniskill", "PickCube-v1", sim_backend="cpu"), marks=pytest.mark.sim),
-    "libero": pytest.param(_sim("libero", "libero_spatial:0"), marks=pytest.mark.sim),
-}
+SIMS = {"metaworld": ("reach-v3", {}), "maniskill": ("PickCube-v1", {"sim_backend": "cpu"}),
+        "libero": ("libero_spatial:0", {})}
+
+
+@pytest.fixture(scope="module")
+def sim_backends():
+    """One simulator build per module: every setting wraps the same backend in its own
+    ChunkedVecEnv (the class that owns the protocol for every simulator adapter)."""
+    built: dict = {}
+
+    def get(kind):
+        if kind not in built:
+            task, extra = SIMS[kind]
+            cfg = EnvSplitConfig(simulator_type=kind, task=task, max_episode_steps=MAX_STEPS, image_size=32,
+                                 extra={"render": False, **extra})
+            built[kind] = make_env(cfg, 2, seed=3).backend
+        return built[kind]
+
+    yield get
+    for backend in built.values():
+        backend.close()
+
+
 SETTINGS = [dict(auto_reset=True), dict(auto_reset=False), dict(auto_reset=True, use_rel_reward=True),
             dict(auto_reset=True, ignore_terminations=True, use_rel_reward=True)]
+SIM = pytest.mark.sim
+# Every setting on the cheap envs; ManiSkill and LIBERO resets cost seconds each on CPU, so
+# they run the no-auto-reset setting: the other settings are ChunkedVecEnv's own rules, the
+# same for every simulator adapter, and run here on the "chunked" env and MetaWorld.
+CASES = ([pytest.param(_reach2d, s, id=f"reach2d-{_name(s)}") for s in SETTINGS]
+         + [pytest.param(_step_env, s, id=f"chunked-{_name(s)}") for s in SETTINGS]
+         + [pytest.param("metaworld", s, id=f"metaworld-{_name(s)}", marks=SIM) for s in SETTINGS]
+         + [pytest.param(k, SETTINGS[1], id=f"{k}-{_name(SETTINGS[1])}", marks=SIM) for k in ("maniskill", "libero")])
 
 
 def check_protocol(env, settings: dict, seed: int = 0) -> dict[str, int]:
@@ -99,12 +119,15 @@ def check_protocol(env, settings: dict, seed: int = 0) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(k for k, v in s.items() if v))
-@pytest.mark.parametrize("build", ENVS.values(), ids=list(ENVS))
-def test_episode_protocol(build, settings):
-    env = build(**settings)
-    try:
+@pytest.mark.parametrize("build, settings", CASES)
+def test_episode_protocol(build, settings, request):
+    if isinstance(build, str):  # a simulator: its shared backend under this setting
+        env = ChunkedVecEnv(request.getfixturevalue("sim_backends")(build), MAX_STEPS, seed=3, **settings)
         counts = check_protocol(env, settings)
-    finally:
-        env.close()
+    else:
+        env = build(**settings)
+        try:
+            counts = check_protocol(env, settings)
+        finally:
+            env.close()
     assert counts["truncated"] > 0  # 5-step episodes always end inside the budget

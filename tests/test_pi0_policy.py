@@ -62,7 +62,8 @@ def test_sde_sample_logprob_is_the_gaussian_of_the_chosen_step(pi05):
             sigma = 0.5 * math.sqrt(t / (1 - t)) if t < 1 else 0.5 * math.sqrt(K)
             mean = x - v / K - sigma ** 2 / K / (2 * t) * (x + (1 - t) * v)
             std = sigma * math.sqrt(1 / K)
-            lp = -((s.replay["chains"][b:b + 1, k + 1].double() - mean) ** 2) / (2 * std ** 2) - math.log(std) - 0.5 * math.log(2 * math.pi)
+            x_next = s.replay["chains"][b:b + 1, k + 1].double()
+            lp = -((x_next - mean) ** 2) / (2 * std ** 2) - math.log(std) - 0.5 * math.log(2 * math.pi)
             torch.testing.assert_close(s.logprob[b].double(), lp[0, :3, :3], rtol=1e-4, atol=1e-4)
             for j in range(K):  # the other steps are ODE
                 if j != k:

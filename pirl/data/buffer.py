@@ -14,7 +14,7 @@ The order of the dicts is the wire order when a buffer travels between ranks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -150,7 +150,7 @@ class RolloutBuffer:
         """Every tensor in wire order (RolloutSchema.fields)."""
         return [getattr(self, g)[n] for g, n, _ in self.schema.fields()]
 
-    def _from(self, fn) -> "RolloutBuffer":
+    def _from(self, fn) -> RolloutBuffer:
         out = RolloutBuffer(self.schema, self.T, 0, _empty=True)
         for g in GROUPS:
             setattr(out, g, {k: fn(g, v) for k, v in getattr(self, g).items()})
@@ -158,15 +158,15 @@ class RolloutBuffer:
         out.B = next(iter(out.envs.values())).shape[0]
         return out
 
-    def columns(self, cols: slice | torch.Tensor) -> "RolloutBuffer":
+    def columns(self, cols: slice | torch.Tensor) -> RolloutBuffer:
         """The env columns `cols` (a view for a slice)."""
         return self._from(lambda g, v: v[cols] if g == "envs" else v[:, cols])
 
-    def to(self, device) -> "RolloutBuffer":
+    def to(self, device) -> RolloutBuffer:
         return self._from(lambda g, v: v.to(device))
 
     @classmethod
-    def cat(cls, parts: list["RolloutBuffer"]) -> "RolloutBuffer":
+    def cat(cls, parts: list[RolloutBuffer]) -> RolloutBuffer:
         """Join buffers of the same T along the env axis (stages, rollout epochs, ranks):
         every column is an independent env trajectory."""
         if len(parts) == 1:
