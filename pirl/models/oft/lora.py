@@ -33,7 +33,7 @@ DEFAULT_TARGETS = ("decoder", "lm_head", "vision", "projector")
 
 
 def apply_oft_lora(model: nn.Module, rank: int, targets=DEFAULT_TARGETS) -> nn.Module:
-    return apply_lora(model, rank, tuple(targets), alpha=float(rank), patterns=OFT_TOWER_PATTERNS,
+    return apply_lora(model, rank, tuple(targets), alpha=rank, patterns=OFT_TOWER_PATTERNS,
                       prefixes=OFT_TOWER_PREFIX, init="gaussian")
 
 
