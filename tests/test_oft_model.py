@@ -140,11 +140,11 @@ def test_center_crop_matches_tf_crop_and_resize_formula():
         iy = y1 * 19 + i * (y2 - y1) * 19 / 15
         for j in range(16):
             ix = x1 * 23 + j * (x2 - x1) * 23 / 15
-            t, l = int(np.floor(iy)), int(np.floor(ix))
-            b, r = min(t + 1, 19), min(l + 1, 23)
-            dy, dx = iy - t, ix - l
-            top = x[:, :, t, l] * (1 - dx) + x[:, :, t, r] * dx
-            bot = x[:, :, b, l] * (1 - dx) + x[:, :, b, r] * dx
+            t, left = int(np.floor(iy)), int(np.floor(ix))
+            b, r = min(t + 1, 19), min(left + 1, 23)
+            dy, dx = iy - t, ix - left
+            top = x[:, :, t, left] * (1 - dx) + x[:, :, t, r] * dx
+            bot = x[:, :, b, left] * (1 - dx) + x[:, :, b, r] * dx
             ref[:, :, i, j] = top * (1 - dy) + bot * dy
     expect = torch.floor(ref.clamp(0, 1) * 255.5).clamp(max=255).to(torch.uint8)  # convert_image_dtype
     assert (out.int() - expect.int()).abs().max() <= 1  # fp32 vs fp64 at a .5 boundary

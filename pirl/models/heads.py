@@ -1,6 +1,8 @@
 """Heads shared by the policies: critics (flow policies, token VLAs) and the learned-noise (flow_noise) head."""
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -58,4 +60,4 @@ class MLPValueHead(nn.Module):
         self.mlp = nn.Sequential(*layers, last)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.mlp(features.to(self.mlp[-1].weight.dtype)).float()
+        return self.mlp(features.to(cast(nn.Linear, self.mlp[-1]).weight.dtype)).float()

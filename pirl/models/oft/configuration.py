@@ -163,7 +163,7 @@ class OFTConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "OFTConfig":
+    def from_dict(cls, d: dict) -> OFTConfig:
         d = dict(d)
         d["vision"] = tuple(ViTSpec(**{**v, "mean": tuple(v["mean"]), "std": tuple(v["std"])}) for v in d["vision"])
         d["llm"] = LlamaSpec(**d["llm"])

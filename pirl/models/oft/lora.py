@@ -23,7 +23,7 @@ OFT_TOWER_PATTERNS = {
     "vision": TOWER + r"blocks\.\d+\.(attention\.[qkvo]_proj|self_attn\.(q|k|v|out)_proj|mlp\.fc[12])",
     "projector": r"projector\.fc[123]|proprio_projector\.fc[12]",
 }
-OFT_TOWER_PREFIX = {
+OFT_TOWER_PREFIX: dict[str, str | tuple[str, ...]] = {
     "decoder": "language_model.model.",
     "lm_head": "language_model.lm_head.",
     "vision": "vision_backbone.",
@@ -44,5 +44,5 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     fn = partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
     for m in model.modules():
         if isinstance(m, GradientCheckpointingLayer):
-            m._gradient_checkpointing_func = fn
+            setattr(m, "_gradient_checkpointing_func", fn)  # noqa: B010 (a method slot, not a tensor)
             m.gradient_checkpointing = True

@@ -21,6 +21,8 @@ vocabulary. The critic reads the hidden state at the same first position (the fi
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -100,16 +102,16 @@ class ViTTower(nn.Module):
         self.patch_embed = nn.Conv2d(3, D, spec.patch_size, spec.patch_size)
         self.pos_embed = nn.Parameter(torch.randn(1, spec.num_patches, D) * 0.02)
         if spec.kind == DINOV2:
-            hf = dinov2_hf_config(spec, attn)
+            hf_d = dinov2_hf_config(spec, attn)
             # timm's dinov2 "no_embed_class": positions cover the patches only; the class
             # and register tokens are prepended after the positional embedding.
             self.cls_token = nn.Parameter(torch.randn(1, 1, D) * 0.02)
             self.reg_token = nn.Parameter(torch.randn(1, spec.num_registers, D) * 0.02) if spec.num_registers else None
-            self.blocks = nn.ModuleList(Dinov2WithRegistersLayer(hf) for _ in range(spec.depth))
+            self.blocks = nn.ModuleList(Dinov2WithRegistersLayer(hf_d) for _ in range(spec.depth))
         else:
-            hf = siglip_hf_config(spec, attn)
-            self.blocks = nn.ModuleList(SiglipEncoderLayer(hf) for _ in range(spec.depth))
-            self.attn_pool = SiglipMultiheadAttentionPoolingHead(hf)
+            hf_s = siglip_hf_config(spec, attn)
+            self.blocks = nn.ModuleList(SiglipEncoderLayer(hf_s) for _ in range(spec.depth))
+            self.attn_pool = SiglipMultiheadAttentionPoolingHead(hf_s)
         self.norm = nn.LayerNorm(D, eps=spec.norm_eps)
         self.film = nn.ModuleList(FiLM(llm_dim, D) for _ in range(spec.depth)) if use_film else None
 
@@ -136,17 +138,19 @@ class ViTTower(nn.Module):
         return x
 
     def _block(self, i: int, x: torch.Tensor, lang: torch.Tensor | None) -> torch.Tensor:
-        blk = self.blocks[i]
-        if self.film is None:
-            return blk(x, None)
+        if self.film is None or lang is None:
+            return self.blocks[i](x, None)
         # FiLM sits between the attention and the MLP half of the block (official OFT).
+        film = self.film[i]
         if self.spec.kind == DINOV2:
-            x = x + blk.layer_scale1(blk.attention(blk.norm1(x))[0])
-            x = self.film[i](x, lang)
-            return x + blk.layer_scale2(blk.mlp(blk.norm2(x)))
-        x = x + blk.self_attn(hidden_states=blk.layer_norm1(x), attention_mask=None)[0]
-        x = self.film[i](x, lang)
-        return x + blk.mlp(blk.layer_norm2(x))
+            d = cast(Dinov2WithRegistersLayer, self.blocks[i])
+            x = x + d.layer_scale1(d.attention(d.norm1(x))[0])
+            x = film(x, lang)
+            return x + d.layer_scale2(d.mlp(d.norm2(x)))
+        s = cast(SiglipEncoderLayer, self.blocks[i])
+        x = x + s.self_attn(hidden_states=s.layer_norm1(x), attention_mask=None)[0]
+        x = film(x, lang)
+        return x + s.mlp(s.layer_norm2(x))
 
     def forward(self, pixels: torch.Tensor, lang: torch.Tensor | None = None) -> torch.Tensor:
         """pixels (B, 3, S, S) normalized for this tower -> patch features (B, N, D)."""
@@ -281,7 +285,7 @@ class OFTModel(nn.Module):
         lang = self._lang_mean(emb, attention_mask) if cfg.use_film else None
         dtype = emb.dtype
         patches = self.projector(self.vision_backbone(pixel_values.to(dtype), lang))  # (B, P, H)
-        if cfg.use_proprio:
+        if self.proprio_projector is not None:
             if proprio is None:
                 raise ValueError("use_proprio: the model needs the normalized proprio state")
             patches = torch.cat([patches, self.proprio_projector(proprio.to(dtype))[:, None]], dim=1)

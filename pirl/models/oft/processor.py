@@ -177,7 +177,7 @@ class OFTProcessor:
     def __call__(self, obs: dict) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         size = cfg.vision[0].image_size
-        cams = []
+        cams: list[torch.Tensor] = []
         for key in CAMERA_OBS_KEYS:
             if len(cams) == cfg.num_images_in_input:
                 break
@@ -192,7 +192,7 @@ class OFTProcessor:
                              f"{cfg.num_images_in_input}")
         ids, mask = self.tokenizer(list(obs["task_descriptions"]))
         out = {"images": torch.stack(cams, dim=1), "input_ids": ids, "attention_mask": mask}
-        if cfg.use_proprio:
+        if self.proprio_bounds is not None:
             states = torch.as_tensor(obs["states"]).float()
             if states.shape[-1] != cfg.proprio_dim:
                 raise ValueError(f"states have {states.shape[-1]} dims, proprio_dim is {cfg.proprio_dim}")

@@ -9,6 +9,8 @@ towers that get adapters: "vlm" (Gemma 2B layers), "expert" (action expert layer
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Literal
 
 import torch
 from torch import nn
@@ -26,7 +28,7 @@ TOWER_PREFIX = {
 }
 
 
-def lora_pattern(targets, patterns: dict[str, str] = TOWER_PATTERNS) -> str:
+def lora_pattern(targets, patterns: Mapping[str, str] = TOWER_PATTERNS) -> str:
     unknown = sorted(set(targets) - set(patterns))
     if unknown or not targets:
         raise ValueError(f"lora_targets must be a non-empty subset of {sorted(patterns)}, got {list(targets)}")
@@ -41,8 +43,9 @@ def freeze_vlm(model: nn.Module) -> None:
 
 
 def apply_lora(model: nn.Module, rank: int, targets=("vlm",), alpha: int | None = None,
-               patterns: dict[str, str] = TOWER_PATTERNS, prefixes: dict[str, str | tuple] = TOWER_PREFIX,
-               init: bool | str = True) -> nn.Module:
+               patterns: Mapping[str, str] = TOWER_PATTERNS,
+               prefixes: Mapping[str, str | tuple[str, ...]] = TOWER_PREFIX,
+               init: bool | Literal["gaussian"] = True) -> nn.Module:
     """Inject LoRA adapters (in place) into the chosen towers' linear layers and freeze those
     towers' base weights. `patterns` / `prefixes` name a model's towers (π0's by default:
     OpenVLA-OFT passes its own); `init` is peft's init_lora_weights (B = 0 either way, so
