@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from pirl.models.io import read_json, tensor_mismatches
 from pirl.models.oft.action_tokenizer import DATASET_STATISTICS
 from pirl.models.oft.configuration import DINOV2, OFTConfig
 from pirl.models.oft.modeling import OFTModel
@@ -191,18 +192,13 @@ def map_film_file(state: dict[str, torch.Tensor], cfg: OFTConfig) -> tuple[dict[
 
 # ---- layout, config, validation --------------------------------------------------------
 def _read_json(p: Path) -> dict:
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {p}: {e}") from e
+    return read_json(p, CheckpointError)
 
 
 def detect_format(path: str | Path) -> str:
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is not a directory")
-    if not (path / WEIGHTS).is_file() and not (path / WEIGHTS_INDEX).is_file():
-        raise CheckpointError(f"checkpoint {path} has no {WEIGHTS} (or {WEIGHTS_INDEX})")
+    if not path.is_dir() or not ((path / WEIGHTS).is_file() or (path / WEIGHTS_INDEX).is_file()):
+        raise CheckpointError(f"checkpoint {path} is not a directory with {WEIGHTS} (or {WEIGHTS_INDEX})")
     if (path / PIRL_CONFIG).is_file():
         return PIRL
     if (path / HF_CONFIG).is_file() and _read_json(path / HF_CONFIG).get("model_type") == "openvla":
@@ -254,17 +250,7 @@ def validate(model: OFTModel, tensors: dict[str, torch.Tensor], fmt: str, unmapp
     optional = (lambda k: bool(PIRL_ONLY.match(k))) if fmt == HF else (lambda k: False)
     missing = sorted(k for k in expected if k not in tensors and not optional(k))
     unexpected = sorted(set(unmapped) | {k for k in tensors if k not in expected})
-    shapes = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-                    for k, v in tensors.items() if k in expected and v.shape != expected[k].shape)
-    # Floating tensors may change precision (bf16 checkpoints into an fp32 model); a
-    # non-float tensor where the model has a float one (or the reverse) is corruption.
-    dtypes = sorted(f"{k}: checkpoint {v.dtype} vs model {expected[k].dtype}" for k, v in tensors.items()
-                    if k in expected and v.dtype.is_floating_point != expected[k].dtype.is_floating_point)
-    problems = []
-    for name, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes),
-                        ("wrong dtype", dtypes)):
-        if items:
-            problems.append(f"{len(items)} {name}: " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+    problems = tensor_mismatches(expected, tensors, missing, unexpected)
     if problems:
         raise CheckpointError(f"{fmt} checkpoint does not match the OFT model: " + "; ".join(problems))
 
