@@ -35,7 +35,8 @@ import re
 import shutil
 import socket
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -193,7 +194,7 @@ def list_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and CKPT_RE.match(p.name)]
-    return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)))  # type: ignore[union-attr]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("iter_")))
 
 
 def _aside(path: Path, suffix: str) -> Path:

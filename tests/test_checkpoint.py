@@ -215,6 +215,7 @@ def _train(log_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.dist
 def test_train_py_resumes_past_a_truncated_deepspeed_file(tmp_path):
     """The issue's case as a new user meets it: truncate one file of the newest checkpoint,
     resume with auto: pirl resumes from the one before and says why; naming the damaged
