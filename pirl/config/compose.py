@@ -33,7 +33,8 @@ import sys
 import typing
 import warnings
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional
+from collections.abc import Callable, Sequence
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -42,7 +43,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pirl.config import reference
 from pirl.config.derived import derived_sizes, format_dry_run, world_size_of
 from pirl.config.schema import PirlConfig
-from pirl.config.validate import REPO_ROOT, ConfigError, check_paths, validate
+from pirl.config.validate import REPO_ROOT, ConfigError, as_dict, check_paths, validate
 
 DEFAULT_CONFIG_DIR = REPO_ROOT / "configs"
 # Replaced whole by a file or override that gives it; see the module docstring.
@@ -206,7 +207,8 @@ class Sources:
     listed on first use (`files()`: it walks the defaults list again and reads each file)."""
 
     def __init__(self, files: Callable[[], list[Source]], overrides: list[Source]):
-        self._files_fn, self._files, self.overrides = files, None, overrides
+        self._files_fn, self.overrides = files, overrides
+        self._files: Optional[list[Source]] = None
 
     def files(self) -> list[Source]:
         if self._files is None:
@@ -363,6 +365,7 @@ class Composed(NamedTuple):
     hydra: DictConfig  # Hydra's own node (hydra.*), for apply_hydra_runtime
     sources: Sources  # files and overrides, for error messages
     notices: list[str]  # reference-system keys read in pirl's terms
+    primary_hydra: DictConfig  # the experiment file's own `hydra:` section (what it asks for)
 
 
 def compose(config_name: str, config_path: str | Path | None = None,
@@ -423,7 +426,7 @@ def compose(config_name: str, config_path: str | Path | None = None,
             data = _load_yaml(path)
             data.pop("defaults", None)
             data.pop("hydra", None)
-            out.append(Source(display(path), _mount(OmegaConf.to_container(data), d.package or "")))
+            out.append(Source(display(path), _mount(as_dict(data), d.package or "")))
         return out
 
     sources = Sources(files, ov.sources)
@@ -431,9 +434,8 @@ def compose(config_name: str, config_path: str | Path | None = None,
     hydra_node = cfg.hydra
     # Untyped: schema defaults, then what was composed (unknown keys kept for the check).
     full = OmegaConf.create(copy.deepcopy(_schema_defaults()))
-    raw = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    del raw["hydra"]
-    missing = sorted(OmegaConf.missing_keys(raw))
+    raw = OmegaConf.create({k: v for k, v in as_dict(cfg).items() if k != "hydra"})
+    missing = _missing_keys(raw)
     if missing:  # a group leaves a value to the experiment (`???`), and nothing gave it
         key = missing[0]
         raise ConfigError(f"{key}: no value (??? in {sources.where(key)[2:-1]}); the experiment or "
@@ -460,15 +462,16 @@ def compose(config_name: str, config_path: str | Path | None = None,
         key = getattr(e, "full_key", None) or "config"
         raise ConfigError(f"{key}: {str(getattr(e, 'msg', None) or e).splitlines()[0]}"
                           f"{sources.where(key)}") from None
-    return Composed(typed, hydra_node, sources, notices)
+    primary_hydra = primary.get("hydra") if isinstance(primary.get("hydra"), DictConfig) else OmegaConf.create()
+    return Composed(typed, hydra_node, sources, notices, primary_hydra)
 
 
 def _defaults_cycle(dirs: list[Path], name: str) -> list[str]:
     """The chain of plain config names that includes `name` again (for the message)."""
     def entries(config: str) -> list[str]:
         f = _find_file(dirs, config)
-        data = OmegaConf.to_container(OmegaConf.load(f)) if f else {}
-        return [e for e in (data or {}).get("defaults", []) if isinstance(e, str) and e != "_self_"]
+        data = as_dict(OmegaConf.load(f)) if f else {}
+        return [e for e in data.get("defaults", []) if isinstance(e, str) and e != "_self_"]
 
     def walk(chain: list[str]) -> Optional[list[str]]:
         for nxt in entries(chain[-1]):
@@ -484,10 +487,10 @@ def _defaults_cycle(dirs: list[Path], name: str) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _schema_defaults() -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(PirlConfig))
+    return as_dict(OmegaConf.structured(PirlConfig))
 
 
-def _merged_from_several(raw: DictConfig, key: str, ov: Overrides) -> bool:
+def _merged_from_several(raw: Any, key: str, ov: Overrides) -> bool:
     """Hydra merged placements of several files (a component placed twice shows it), or an
     override gives one: then `_replace_whole` rebuilds it from the sources."""
     if any(s.key == key or s.key.startswith(key + ".") for s in ov.sources):
@@ -497,7 +500,7 @@ def _merged_from_several(raw: DictConfig, key: str, ov: Overrides) -> bool:
     return len(names) != len(set(names))
 
 
-def _replace_whole(raw: DictConfig, key: str, files: list[Source], ov: Overrides) -> None:
+def _replace_whole(raw: Any, key: str, files: list[Source], ov: Overrides) -> None:
     """`key` as the last file that gives it wrote it (Hydra merged every file's), then the
     overrides in order: one of `key` itself replaces, one of a sub-key merges."""
     value: Any = None
@@ -513,7 +516,21 @@ def _replace_whole(raw: DictConfig, key: str, files: list[Source], ov: Overrides
         OmegaConf.update(raw, key, value, merge=False, force_add=True)
 
 
-def _delete(cfg: DictConfig, key: str) -> None:
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Keys whose value is `???`, without resolving anything (OmegaConf.missing_keys
+    resolves interpolations, which may fail before the schema check names them)."""
+    out: list[str] = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            child = node._get_node(k)
+            if child is not None and child._is_missing():
+                out.append(f"{prefix}{k!s}")
+            elif isinstance(child, DictConfig):
+                out += _missing_keys(child, f"{prefix}{k!s}.")
+    return out
+
+
+def _delete(cfg: Any, key: str) -> None:
     parent, _, last = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
     if isinstance(node, DictConfig) and last in node:
@@ -563,7 +580,7 @@ def resolve(cfg: DictConfig, sources: Optional[Sources] = None) -> None:
 def _first_unresolvable(node, prefix: str) -> tuple[str | None, Exception | None]:
     """(dotted key, error) of the first value whose interpolation fails (omegaconf's
     key-not-found error does not say which key held the `${...}`)."""
-    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    keys = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else range(len(node))
     for k in keys:
         path = f"{prefix}{k}" if isinstance(node, DictConfig) else f"{prefix[:-1]}[{k}]"
         try:
@@ -634,11 +651,11 @@ def apply_hydra_runtime(job: Composed, overrides: Sequence[str], rank: int) -> O
     choice = OmegaConf.select(h, "runtime.choices")
     logging_choice = choice.get("hydra/job_logging") if choice is not None else None
     if logging_choice not in (None, "default"):
-        conf = OmegaConf.to_container(h.job_logging, resolve=False)
+        conf = {str(k): v for k, v in as_dict(h.job_logging).items()}
         if conf:
             logging.config.dictConfig(conf)
-    asked = job.sources.given("hydra.output_subdir") or any(
-        o.startswith(("hydra.output_subdir=", "++hydra.output_subdir=")) for o in overrides)
+    asked = "output_subdir" in job.primary_hydra or any(
+        o.lstrip("+").startswith("hydra.output_subdir=") for o in overrides)
     if not asked or h.output_subdir is None or rank != 0:
         return None
     folder = Path(str(h.run.dir)) / str(h.output_subdir)

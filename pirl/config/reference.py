@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
+from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -227,10 +228,11 @@ def map_reference(ref: DictConfig, full: DictConfig, given: Callable[[str], bool
     if not len(ref):
         return []
     tmp = OmegaConf.merge(full, ref)
+    assert isinstance(tmp, DictConfig)
     nested: dict[str, Any] = {}
-    for key in ref:
+    for key in map(str, ref):
         if key == "actor":
-            nested["actor"] = {k: _plain(tmp.actor[k]) for k in ref.actor}
+            nested["actor"] = {str(k): _plain(tmp.actor[k]) for k in ref.actor}
         else:
             nested[key] = _plain(tmp[key])
     m = Mapping({})

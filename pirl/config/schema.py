@@ -115,7 +115,7 @@ class EnvSplitConfig:
     max_steps_per_rollout_epoch: int = "${.max_episode_steps}"  # type: ignore[assignment]
     auto_reset: bool = True  # reset an env when its episode ends, within the rollout
     ignore_terminations: bool = False  # True: run every episode to max_episode_steps
-    use_rel_reward: bool = False  # reward once on first success instead of every success step
+    use_rel_reward: bool = False  # pay r_t - r_{t-1} (RLinf's relative reward): a held success pays once
     reward_coef: float = 1.0  # scale of the env reward
     reward_mode: str = "sparse"  # sparse: success as reward (seeds) | dense: the simulator's shaped reward
     seed: int = 0  # env seed
@@ -182,8 +182,9 @@ class OpenPIConfig:
     action_chunk: int = "${..num_action_chunks}"  # type: ignore[assignment]
     num_steps: int = "${..num_steps}"  # type: ignore[assignment]
     action_env_dim: int = "${..action_dim}"  # type: ignore[assignment]
-    action_horizon: Optional[int] = None  # model H >= num_action_chunks; null: the preset's (flow_mlp: num_action_chunks)
-    action_dim: Optional[int] = None  # model action dim D >= env dims (states pad to it too); null: the preset's (flow_mlp: actor.model.action_dim)
+    # Model sizes; null: the preset's (flow_mlp: num_action_chunks and actor.model.action_dim).
+    action_horizon: Optional[int] = None  # H >= num_action_chunks: actions the model predicts per chunk
+    action_dim: Optional[int] = None  # D >= env action dims: the model's padded action (and state) width
     train_expert_only: bool = True  # freeze the VLM (PaliGemma); train the action expert
     noise_method: str = "flow_sde"  # flow_sde | flow_noise
     # Critic head on π0 (π0's builder reads this key); follows actor.model.add_value_head

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -130,6 +131,14 @@ _CHOICES: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+def as_dict(node: Any, resolve: bool = False) -> dict:
+    """A config mapping as a plain dict (interpolations kept unless `resolve`)."""
+    out = OmegaConf.to_container(node, resolve=resolve)
+    if not isinstance(out, dict):
+        raise ConfigError(f"expected a mapping, got {out!r}")
+    return out
+
+
 def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, throw_on_missing=True)
 
@@ -240,7 +249,7 @@ def check_model_and_algorithm(cfg: DictConfig) -> None:
                               "episodes of a group, which must start from one reset state")
     for split in ("train", "eval"):
         e = cfg.env[split]
-        problem = check_init_params(e.env_type, OmegaConf.to_container(e.init_params, resolve=True))
+        problem = check_init_params(e.env_type, as_dict(e.init_params, resolve=True))
         if problem:
             raise ConfigError(f"env.{split}.init_params: {problem}")
         for key in ("max_episode_steps", "max_steps_per_rollout_epoch"):
@@ -259,7 +268,7 @@ def eval_enabled(cfg: DictConfig) -> bool:
 
 def placement_of(cfg: DictConfig, world_size: int) -> Placement:
     """`cluster.component_placement` for `world_size` ranks; errors name the key."""
-    raw = OmegaConf.to_container(cfg.cluster.component_placement, resolve=True)
+    raw: Any = OmegaConf.to_container(cfg.cluster.component_placement, resolve=True)  # a mapping: the schema's type
     try:
         p = Placement.from_config(raw, world_size)
     except PlacementError as e:

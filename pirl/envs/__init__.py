@@ -24,6 +24,7 @@ Multi-task envs get tasks by GRPO group: group g runs task g % num_tasks.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 SIMULATORS = ("reach2d", "maniskill", "libero", "metaworld")
@@ -142,7 +143,7 @@ def _make_backend(kind: str, split_cfg: Any, params: dict, size: int, num_envs: 
 
         task = params.get("id", "PickCube-v1")
         tasks = [str(t) for t in task] if isinstance(task, (list, tuple)) else [str(task)]
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             image_size=size,
             control_mode=params.get("control_mode", "pd_ee_delta_pose"),
             state_mode=params.get("state_mode", "joint"),
@@ -161,6 +162,7 @@ def _make_backend(kind: str, split_cfg: Any, params: dict, size: int, num_envs: 
         # ManiSkill's CPU backend allows one env per process: one worker per env by default.
         return WorkerBackend(ms.ManiSkillFactory(tasks, group_size, **kwargs), num_envs,
                              num_workers or num_envs, timeout_s=timeout_s)
+    factory: Callable[[int], Any]  # env index -> one simulator env
     if kind == "metaworld":
         from pirl.envs import metaworld as mw
 
