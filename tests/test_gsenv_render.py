@@ -355,7 +355,7 @@ def _fake_folder(root):
 
 
 def test_asset_folder_checks_name_what_is_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"env.<split>.extra.assets_path"):
+    with pytest.raises(FileNotFoundError, match=r"needs an asset folder"):
         check_assets(None)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         check_assets(tmp_path / "nowhere")

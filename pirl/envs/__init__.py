@@ -1,5 +1,5 @@
 """Env adapters behind one protocol (pirl/envs/base.py): reach2d (built in), ManiSkill3,
-LIBERO, MetaWorld. `make_env` is the one entry the runner uses.
+LIBERO, MetaWorld, GSEnv. `make_env` is the one entry the runner uses.
 
 Simulator envs are `pirl.envs.chunked.ChunkedVecEnv`s over a backend: all envs in this
 process (`num_workers: 0`), or spread over `num_workers` worker processes that are restarted
@@ -14,6 +14,8 @@ image_size and `extra`:
                 sim_backend (cpu | gpu; default gpu when CUDA is there), camera
     libero:     assets_path, reflections (true), fast_render (true), settle_steps (10)
     metaworld:  camera_name (corner2)
+    gsenv:      assets_path, control_mode, state_mode, sim_backend, render_backend (auto | torch |
+                gsplat), cache_table, camera (pirl/envs/gsenv/env.py); image_size is the image width
 Tasks: maniskill: an env id or a list (PickCube-v1); libero: a suite or "<suite>:<index>";
 metaworld: a task (reach-v3), MT10, MT50, ML45 (45 train tasks) or ML45:test (the 5 held out).
 Multi-task envs get tasks by GRPO group: group g runs task g % num_tasks.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-SIMULATORS = ("reach2d", "maniskill", "libero", "metaworld")
+SIMULATORS = ("reach2d", "maniskill", "libero", "metaworld", "gsenv")
 
 # Keys of `extra` each simulator accepts (besides the common ones); anything else is a typo.
 _COMMON_EXTRA = {"render", "reward_mode", "worker_timeout_s"}
@@ -31,6 +33,7 @@ _EXTRA_KEYS = {
     "maniskill": {"control_mode", "state_mode", "sim_backend", "camera"},
     "libero": {"assets_path", "reflections", "fast_render", "settle_steps"},
     "metaworld": {"camera_name"},
+    "gsenv": {"assets_path", "control_mode", "state_mode", "sim_backend", "render_backend", "cache_table", "camera"},
 }
 
 
@@ -138,6 +141,10 @@ def _make_backend(kind: str, split_cfg: Any, extra: dict, num_envs: int, group_s
         # ManiSkill's CPU backend allows one env per process: one worker per env by default.
         return WorkerBackend(ms.ManiSkillFactory(tasks, group_size, **kwargs), num_envs,
                              num_workers or num_envs, timeout_s=timeout_s)
+    if kind == "gsenv":
+        from pirl.envs.gsenv.env import make_backend
+
+        return make_backend(task, extra, image_size, render, num_envs, num_workers, timeout_s)
     if kind == "metaworld":
         from pirl.envs import metaworld as mw
 

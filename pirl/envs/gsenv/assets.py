@@ -154,15 +154,14 @@ def load_manifest(root: Path) -> dict[str, Any]:
 
 
 def check_assets(assets_path: str | Path | None) -> AssetLayout:
-    """Resolve and check every file of the asset folder; the first missing one raises
-    FileNotFoundError naming it."""
+    """Resolve and check every file of the asset folder (relative to the working directory);
+    the first missing one raises FileNotFoundError naming it. Callers prefix the config key."""
     if assets_path is None or str(assets_path) == "":
-        raise FileNotFoundError("GSEnv needs an asset folder: set env.<split>.extra.assets_path (a copy of "
-                                "RLinf/gsenv-assets-v0, or `python -m pirl.envs.gsenv.synthetic DIR` for a "
-                                "synthetic one)")
+        raise FileNotFoundError("GSEnv needs an asset folder: a copy of RLinf/gsenv-assets-v0, or "
+                                "`python -m pirl.envs.gsenv.synthetic DIR` for a synthetic one")
     root = Path(assets_path).expanduser().resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"env.extra.assets_path: GSEnv asset folder {root} does not exist")
+        raise FileNotFoundError(f"GSEnv asset folder {root} does not exist")
     m = load_manifest(root)
     r = m["robot"]
     urdf = parse_urdf(_file(root, r["urdf"], "robot URDF"), r["ee_link"])

@@ -4,7 +4,8 @@ through Gaussian-splat rendering.
 `GSEnvCore` holds one ManiSkill env (B sub-scenes) and a `GSRenderer` built from the same
 asset folder. Every observation reads the simulator's link and object poses, moves the
 splats and renders the third-person camera; the state is the robot's joint angles (qpos,
-(9,), as RLinf's ManiSkill wrapper gives π0.5) or ManiSkill's full state vector.
+(9,), as RLinf's ManiSkill wrapper gives π0.5) or ManiSkill's full state vector (46: qpos,
+qvel, the end-effector controller's target pose, then the TCP, cube and plate poses, 7 each).
 
   * CPU sim (`sim_backend: cpu`): one env per worker process (`GSEnvSingle`, a
     SingleEnv), rendered by pirl's torch rasterizer (small images: `image_size` is the image
@@ -228,3 +229,31 @@ class GSEnvGPUBackend:
 
     def close(self) -> None:
         self.core.close()
+
+
+def make_backend(task: Any, extra: dict, image_size: int, render: bool, num_envs: int, num_workers: int,
+                 timeout_s: float):
+    """The Backend an `env.<split>` section asks for (pirl.envs.make_env's gsenv branch)."""
+    from pirl.envs.gsenv.assets import check_assets
+
+    name = str(task or TASK_NAMES[0])
+    if name not in TASK_NAMES:
+        raise ValueError(f"env.*.task: GSEnv has the task {TASK_NAMES[0]} (also spelled {TASK_NAMES[1]}), got {name!r}")
+    try:  # fail here, naming the file, not inside a worker
+        check_assets(extra.get("assets_path"))
+    except (FileNotFoundError, ValueError) as e:
+        raise type(e)(f"env.*.extra.assets_path: {e}") from None
+    kwargs = dict(assets_path=str(extra["assets_path"]), image_size=image_size, render=render,
+                  control_mode=str(extra.get("control_mode", "pd_ee_target_delta_pose")),
+                  state_mode=str(extra.get("state_mode", "joint")),
+                  render_backend=str(extra.get("render_backend", "auto")),
+                  cache_table=bool(extra.get("cache_table", True)), camera=extra.get("camera"))
+    sim_backend = str(extra.get("sim_backend", "gpu" if torch.cuda.is_available() else "cpu"))
+    if sim_backend == "gpu":
+        return GSEnvGPUBackend(name, num_envs, **kwargs)
+    if sim_backend != "cpu":
+        raise ValueError(f"env.extra.sim_backend must be cpu or gpu, got {sim_backend!r}")
+    from pirl.envs.vector import WorkerBackend
+
+    # ManiSkill's CPU sim allows one env per process: one worker per env by default.
+    return WorkerBackend(GSEnvFactory(name, **kwargs), num_envs, num_workers or num_envs, timeout_s=timeout_s)

@@ -81,7 +81,7 @@ class GSRenderer:
         self.device = torch.device(device)
         self.camera = camera
         self.rasterizer = rasterizer
-        self.foreground = foreground.to(self.device)
+        self.splats = foreground.to(self.device)
         self.capture = capture.to(self.device, torch.float32)
         self.table = table.to(self.device)
         self.background = background.to(self.device, torch.float32)
@@ -93,7 +93,7 @@ class GSRenderer:
 
     @property
     def num_groups(self) -> int:
-        return self.foreground.num_groups
+        return self.splats.num_groups
 
     def _rasterize(self, means, covs, colors, opacities):
         return self.rasterizer(means, covs, colors, opacities, self._viewmat, self._K,
@@ -104,23 +104,28 @@ class GSRenderer:
         means, covs, colors = self.table.world(identity, self._center)
         return self._rasterize(means, covs, colors, self.table.opacities)  # (1, H, W, 3), (1, H, W, 1)
 
+    def _placed(self, poses: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        m = poses.to(self.device, torch.float32) @ self.capture  # (B, G, 4, 4) capture -> world
+        return self.splats.world(m, self._center)
+
+    @torch.no_grad()
+    def foreground(self, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The moving splats alone: premultiplied rgb (B, H, W, 3) and alpha (B, H, W, 1)."""
+        return self._rasterize(*self._placed(poses), self.splats.opacities)
+
     @torch.no_grad()
     def render(self, poses: torch.Tensor) -> torch.Tensor:
         """poses (B, G, 4, 4): P_g, world <- local frame of each foreground group, now ->
         images (B, H, W, 3) uint8."""
         if poses.ndim != 4 or poses.shape[1:] != (self.num_groups, 4, 4):
             raise ValueError(f"poses must be (B, {self.num_groups}, 4, 4), got {tuple(poses.shape)}")
-        m = poses.to(self.device, torch.float32) @ self.capture  # (B, G, 4, 4) capture -> world
-        means, covs, colors = self.foreground.world(m, self._center)
-        opacities = self.foreground.opacities
         if self._table_layer is None:
-            b = poses.shape[0]
-            identity = torch.eye(4, device=self.device).expand(b, 1, 4, 4)
+            means, covs, colors = self._placed(poses)
+            identity = torch.eye(4, device=self.device).expand(poses.shape[0], 1, 4, 4)
             t_means, t_covs, t_colors = self.table.world(identity, self._center)
             rgb, alpha = self._rasterize(torch.cat([means, t_means], 1), torch.cat([covs, t_covs], 1),
                                          torch.cat([colors, t_colors], 1),
-                                         torch.cat([opacities, self.table.opacities]))
+                                         torch.cat([self.splats.opacities, self.table.opacities]))
         else:
-            rgb, alpha = self._rasterize(means, covs, colors, opacities)
-            rgb, alpha = compositing.over(rgb, alpha, *self._table_layer)
+            rgb, alpha = compositing.over(*self.foreground(poses), *self._table_layer)
         return compositing.to_uint8(compositing.onto_background(rgb, alpha, self.background)).cpu()
