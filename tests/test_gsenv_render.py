@@ -386,6 +386,18 @@ def test_asset_folder_checks_name_what_is_missing(tmp_path):
     assert layout.objects["plate"].center  # untouched entries keep their defaults
 
 
+def test_rasterizer_choice():
+    from pirl.envs.gsenv.rasterize import make_rasterizer
+
+    assert make_rasterizer("auto", torch.device("cpu")).name == "torch"
+    assert make_rasterizer("torch", torch.device("cpu")).name == "torch"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="render_backend: torch"):
+            make_rasterizer("gsplat", torch.device("cpu"))
+    with pytest.raises(ValueError, match="render_backend must be one of"):
+        make_rasterizer("opengl", torch.device("cpu"))
+
+
 def test_splats_covariance():
     s = Splats(_randn(4, 3).float(), _randn(4, 4).float(), _rand(4, 3).float() + 0.1, _rand(4).float(),
                _randn(4, 1, 3).float())

@@ -328,12 +328,12 @@ def check_paths(cfg: DictConfig) -> dict[str, Path]:
                           f"{type(parsed).__name__}")
     found["actor.ds_config"] = ds
     for split in ["train"] + (["eval"] if eval_enabled(cfg) else []):
-        e = cfg.env[split]
-        if e.simulator_type == "gsenv":  # its asset folder, every file checked (no torch import)
+        env_cfg = cfg.env[split]
+        if env_cfg.simulator_type == "gsenv":  # its asset folder, every file checked (no torch import)
             from pirl.envs.gsenv.assets import check_assets
 
             try:
-                found[f"env.{split}.extra.assets_path"] = check_assets(e.extra.get("assets_path")).root
+                found[f"env.{split}.extra.assets_path"] = check_assets(env_cfg.extra.get("assets_path")).root
             except (FileNotFoundError, ValueError) as err:
                 raise ConfigError(f"env.{split}.extra.assets_path: {err}") from None
     return found

@@ -15,7 +15,8 @@ down at the table. `env.<split>.extra.camera` overrides any of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import torch
 

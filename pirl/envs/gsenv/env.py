@@ -20,7 +20,8 @@ calibrated camera, pirl.envs.gsenv.camera).
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, cast
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ def load_background(path, width: int, height: int) -> torch.Tensor:
 
     img = Image.open(path).convert("RGB")
     if img.size != (width, height):
-        img = img.resize((width, height), Image.BILINEAR)
+        img = img.resize((width, height), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
 
 
@@ -85,7 +86,9 @@ class GSEnvCore:
     def __init__(self, assets_path: str, num_envs: int = 1, image_size: int = 160,
                  control_mode: str = "pd_ee_target_delta_pose", state_mode: str = "joint", render: bool = True,
                  sim_backend: str = "cpu", render_backend: str = "auto", cache_table: bool = True,
-                 camera: Optional[dict] = None):
+                 camera: Optional[dict] = None, obs_mode: str = "state"):
+        """obs_mode: ManiSkill's own observations ("state"; "rgb+segmentation" also renders the
+        meshes with SAPIEN from the same camera, for comparing the two renders)."""
         import gymnasium as gym
 
         from pirl.envs.gsenv import task
@@ -97,10 +100,11 @@ class GSEnvCore:
             raise ValueError(f"env.extra.state_mode must be one of {STATE_MODES}, got {state_mode!r}")
         full_camera = Camera.from_config(camera)
         self.camera = full_camera.resized(image_size)
-        self.env = gym.make(task.TASK_ID, num_envs=num_envs, assets_path=assets_path, camera=camera,
-                            obs_mode="state", control_mode=control_mode, sim_backend=sim_backend,
-                            reward_mode="sparse", render_mode=None)
-        self.u = self.env.unwrapped
+        # ManiSkill's attributes (agent, cube, ...) are not in gymnasium's types
+        self.env = cast(Any, gym.make(task.TASK_ID, num_envs=num_envs, assets_path=assets_path, camera=camera,
+                                      obs_mode=obs_mode, control_mode=control_mode, sim_backend=sim_backend,
+                                      reward_mode="sparse", render_mode=None))
+        self.u = self.env.unwrapped  # the PutCubeOnPlateEnv
         self.num_envs = num_envs
         self.action_dim = int(self.env.action_space.shape[-1])
         self.state_mode = state_mode
@@ -131,7 +135,14 @@ class GSEnvCore:
         """(B, S) float32: qpos (joint) or ManiSkill's flattened state observation (full)."""
         if self.state_mode == "joint":
             return self.u.agent.robot.get_qpos().detach().float().cpu()
-        return self.u.get_obs().detach().float().cpu()
+        return self._full_state()
+
+    def _full_state(self) -> torch.Tensor:
+        prev, self.u._obs_mode = self.u._obs_mode, "state"  # the flat state whatever obs_mode renders
+        try:
+            return self.u.get_obs().detach().float().cpu()
+        finally:
+            self.u._obs_mode = prev
 
     def close(self) -> None:
         self.env.close()

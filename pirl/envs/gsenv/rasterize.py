@@ -24,7 +24,6 @@ first call fails to JIT-build its CUDA sources, so it is imported only when used
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Protocol
 
 import torch

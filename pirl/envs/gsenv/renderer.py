@@ -55,7 +55,7 @@ class SplatCloud:
         return SplatCloud(self.means.to(device), self.covs.to(device), self.opacities.to(device),
                           self.sh.to(device), self.group.to(device))
 
-    def world(self, transforms_: torch.Tensor, cam_center: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def world(self, transforms_: torch.Tensor, cam_center: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """transforms (B, G, 4, 4) capture -> world -> means (B, N, 3), covs (B, N, 3, 3),
         colours (B, N, 3)."""
         means, covs = transforms.place(self.means, self.covs, self.group, transforms_)
@@ -104,7 +104,7 @@ class GSRenderer:
         means, covs, colors = self.table.world(identity, self._center)
         return self._rasterize(means, covs, colors, self.table.opacities)  # (1, H, W, 3), (1, H, W, 1)
 
-    def _placed(self, poses: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _placed(self, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m = poses.to(self.device, torch.float32) @ self.capture  # (B, G, 4, 4) capture -> world
         return self.splats.world(m, self._center)
 

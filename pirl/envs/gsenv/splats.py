@@ -239,7 +239,7 @@ def save_ply(path: str | Path, splats: Splats) -> None:
     arr = np.empty(n, dtype=dtype)
     for name, v in columns.items():
         arr[name] = torch.as_tensor(v).detach().cpu().numpy()
-    header = "ply\nformat binary_little_endian 1.0\nelement vertex %d\n" % n
+    header = f"ply\nformat binary_little_endian 1.0\nelement vertex {n}\n"
     header += "".join(f"property float {name}\n" for name in columns) + "end_header\n"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import argparse
 import math
 import shutil
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,7 @@ def _quat_z_to(normals: np.ndarray) -> np.ndarray:
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-def surface_splats(mesh, sigma: float, rng: np.random.Generator, rgb: np.ndarray | None = None,
+def surface_splats(mesh, sigma: float, rng: np.random.Generator, rgb: Sequence[float] | None = None,
                    transform: np.ndarray | None = None, opacity: float = 0.9, sh_degree: int = 0) -> Splats:
     """Flat splats covering a trimesh surface (one per (1.5 σ)² of area), coloured from the
     mesh (vertex colours or texture) unless `rgb` is given, moved by `transform` (4, 4)."""

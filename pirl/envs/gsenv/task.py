@@ -55,7 +55,7 @@ def _mesh_rest(path) -> tuple[float, float]:
     its convex hull, the collision shape)."""
     import trimesh
 
-    mesh = trimesh.load(str(path), force="mesh")
+    mesh: Any = trimesh.load(str(path), force="mesh")
     return -float(mesh.bounds[0, 2]), float(mesh.convex_hull.volume)
 
 
