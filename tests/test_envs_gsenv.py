@@ -128,13 +128,14 @@ def test_missing_asset_file_is_named_before_any_worker_starts(gs_assets, tmp_pat
 
 
 # The seeds' experiment on a CPU: tiny π0.5 (random weights) instead of the SFT checkpoint,
-# the synthetic assets, CPU sim with 2 envs of 2 chunk steps (one batch of 4), 64x48 images.
+# the synthetic assets, CPU sim, one train env of 2 chunk steps (a batch of 2), one eval env,
+# 64x48 images.
 CPU_RUN = ("actor.model.model_path=null", "actor.model.openpi.config_name=pi05_tiny", "actor.model.action_model_dim=16",
            "actor.model.openpi.max_token_len=48", "actor.model.precision=fp32", "actor.ds_config=ds_configs/zero2.json",
-           "env.train.extra.sim_backend=cpu", f"env.train.image_size={WIDTH}", "env.train.total_num_envs=2",
+           "env.train.extra.sim_backend=cpu", f"env.train.image_size={WIDTH}", "env.train.total_num_envs=1",
            "env.eval.total_num_envs=1", "env.train.max_episode_steps=10", "env.eval.max_episode_steps=10",
            "algorithm.rollout_epoch=1", "algorithm.update_epoch=1", "actor.micro_batch_size=2",
-           "actor.global_batch_size=4", "runner.max_epochs=1", "runner.val_check_interval=0", "runner.save_interval=0",
+           "actor.global_batch_size=2", "runner.max_epochs=1", "runner.val_check_interval=0", "runner.save_interval=0",
            "runner.eval_before_train=False")
 
 

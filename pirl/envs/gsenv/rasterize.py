@@ -186,9 +186,10 @@ class GsplatRasterizer:
         b = means.shape[0]
         device = means.device
         rgb, alpha, _ = self._rasterization(
-            means=means.float(), quats=None, scales=None, covars=covs.float(),
-            opacities=opacities.float().to(device).expand(b, -1), colors=colors.float(),
-            viewmats=viewmat.float().to(device).expand(b, 1, 4, 4), Ks=K.float().to(device).expand(b, 1, 3, 3),
+            means=means.float().contiguous(), quats=None, scales=None, covars=covs.float().contiguous(),
+            opacities=opacities.float().to(device).expand(b, -1).contiguous(), colors=colors.float().contiguous(),
+            viewmats=viewmat.float().to(device).expand(b, 1, 4, 4).contiguous(),
+            Ks=K.float().to(device).expand(b, 1, 3, 3).contiguous(),
             width=width, height=height, near_plane=NEAR, far_plane=FAR, eps2d=EPS2D, sh_degree=None,
             packed=False, tile_size=TILE, rasterize_mode="classic", render_mode="RGB",
         )

@@ -63,8 +63,8 @@ def place(means: torch.Tensor, covs: torch.Tensor, group: torch.Tensor,
     means (N, 3), covs (N, 3, 3) in the capture frame; group (N,) int64 in [0, G);
     transforms (B, G, 4, 4) = M_g per env -> world means (B, N, 3), covariances (B, N, 3, 3).
     """
-    m = transforms[:, group]  # (B, N, 4, 4)
-    r, t = m[..., :3, :3], m[..., :3, 3]
+    r = transforms[:, :, :3, :3][:, group]  # (B, N, 3, 3)
+    t = transforms[:, :, :3, 3][:, group]  # (B, N, 3)
     world_means = (r @ means[None, :, :, None])[..., 0] + t
     world_covs = r @ covs[None] @ r.transpose(-1, -2)
     return world_means, world_covs
