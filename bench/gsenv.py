@@ -86,11 +86,12 @@ def protocol(assets: str, width: int, workers: int, chunks: int) -> list[str]:
         try:
             env.reset()
             gen = torch.Generator().manual_seed(0)
-            act = lambda: (torch.rand(n, 5, 7, generator=gen) * 2 - 1) * torch.tensor([0.3] * 6 + [1.0])  # noqa: E731
-            env.chunk_step(act())
+            scale = torch.tensor([0.3] * 6 + [1.0])
+            acts = [(torch.rand(n, 5, 7, generator=gen) * 2 - 1) * scale for _ in range(chunks + 1)]
+            env.chunk_step(acts[0])
             start = time.perf_counter()
-            for _ in range(chunks):
-                env.chunk_step(act())
+            for a in acts[1:]:
+                env.chunk_step(a)
             rate = n * 5 * chunks / (time.perf_counter() - start)
         finally:
             env.close()
@@ -169,12 +170,14 @@ def gsplat(assets: str, batches: list[int], repeats: int) -> list[str]:
                         args[0].to(dev), args[1].to(dev), *args[2:])
         diff = (out.cpu() - ref).abs()
         for b in batches:
-            x = [t.to(dev).expand(b, *t.shape[1:]).contiguous() for t in (means, covs, colors)]
-            gs(*x, r.splats.opacities.to(dev), args[0].to(dev), args[1].to(dev), *args[2:])
+            m, c, col = (t.to(dev).expand(b, *t.shape[1:]).contiguous() for t in (means, covs, colors))
+            call = (m, c, col, r.splats.opacities.to(dev), args[0].to(dev), args[1].to(dev), r.camera.width,
+                    r.camera.height)
+            gs(*call)
             torch.cuda.synchronize()
             start = time.perf_counter()
             for _ in range(repeats):
-                gs(*x, r.splats.opacities.to(dev), args[0].to(dev), args[1].to(dev), *args[2:])
+                gs(*call)
             torch.cuda.synchronize()
             ms = 1e3 * (time.perf_counter() - start) / repeats
             rows.append(f"| {b} | {ms:.2f} | {ms / b:.3f} |")

@@ -111,13 +111,13 @@ class GSEnvCore:
         layout = self.u.assets
         self.links = [name for name in layout.urdf.links if name in layout.link_splats]
         self._link_objs = [self.u.agent.robot.links_map[name] for name in self.links]
-        self.renderer = None
+        self._renderer: GSRenderer | None = None
         if render:
             base = raw_pose_matrix(torch.tensor([*task.ROBOT_BASE, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64))
             default = base @ link_poses(layout.urdf, layout.default_qpos, self.links)
             device = self.u.device if sim_backend == "gpu" else torch.device("cpu")
-            self.renderer = build_renderer(layout, self.camera, default, self.links, render_backend, device,
-                                           cache_table)
+            self._renderer = build_renderer(layout, self.camera, default, self.links, render_backend, device,
+                                            cache_table)
         self.state_dim = int(self.states().shape[-1])
 
     def poses(self) -> torch.Tensor:
@@ -125,10 +125,18 @@ class GSEnvCore:
         raw = [link.pose.raw_pose for link in self._link_objs] + [self.u.cube.pose.raw_pose, self.u.plate.pose.raw_pose]
         return raw_pose_matrix(torch.stack(raw, dim=1).float())
 
+    @property
+    def rendering(self) -> bool:
+        return self._renderer is not None
+
+    @property
+    def renderer(self) -> GSRenderer:
+        if self._renderer is None:
+            raise RuntimeError("this GSEnv was built with render=False (env.extra.render)")
+        return self._renderer
+
     def images(self) -> torch.Tensor:
         """(B, H, W, 3) uint8 splat render of the current state."""
-        if self.renderer is None:
-            raise RuntimeError("this GSEnv was built with render=False")
         return self.renderer.render(self.poses())
 
     def states(self) -> torch.Tensor:
@@ -169,7 +177,7 @@ class GSEnvSingle:
 
     def observe(self) -> dict[str, np.ndarray]:
         out = {"state": self.core.states()[0].numpy()}
-        if self.core.renderer is not None:
+        if self.core.rendering:
             out["main_image"] = self.core.images()[0].numpy()
         return out
 
@@ -226,7 +234,7 @@ class GSEnvGPUBackend:
 
     def observe(self, ids: Sequence[int]) -> list[dict[str, np.ndarray]]:
         states = self.core.states().numpy()
-        images = self.core.images().numpy() if self.core.renderer is not None else None
+        images = self.core.images().numpy() if self.core.rendering else None
         out = []
         for i in ids:
             o = {"state": states[i]}
