@@ -57,6 +57,6 @@ setup(
         "calvin": ["pybullet==3.2.7", "gym==0.26.2", "numpy-quaternion", "gitpython", "hydra-core>=1.3,<1.4",
                    "opencv-python", "scipy", "rich"],
         "gpu": ["flash-attn"],
-        "dev": ["pytest", "pytest-timeout", "pytest-instafail"],
+        "dev": ["pytest", "pytest-timeout", "pytest-instafail", "ruff==0.17.6", "mypy==2.4.1"],
     },
 )
