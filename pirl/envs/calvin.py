@@ -55,7 +55,8 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -70,7 +71,6 @@ SUITES: dict[str, tuple[str, ...]] = {
 ACTION_DIM = 7
 STATE_DIM = 7
 MAIN_SIZE, WRIST_SIZE = 200, 84  # CALVIN's static and gripper cameras
-OFFICIAL_SUBTASK_STEPS = 360  # calvin_agent's EP_LEN: steps per subtask in the official evaluation
 INSTRUCTION_SETS = ("train", "validation")
 # calvin_env's scene_obs puts the blocks in the order of the scene config; the evaluation
 # start states are written for red, blue, pink. Scenes A-C list them in another order
@@ -157,9 +157,10 @@ def import_calvin_env(checkout: CalvinCheckout):
     _require_packages()
     package = checkout.env_repo / "calvin_env"
     loaded = sys.modules.get("calvin_env")
-    if loaded is not None and Path(loaded.__file__).resolve().parent != package.resolve():
-        raise ImportError(f"calvin_env is already imported from {Path(loaded.__file__).parent}, "
-                          f"not from the checkout {package}: use one checkout per process")
+    where = Path(str(getattr(loaded, "__file__", ""))).resolve().parent
+    if loaded is not None and where != package.resolve():
+        raise ImportError(f"calvin_env is already imported from {where}, not from the checkout {package}: "
+                          f"use one checkout per process")
     if str(checkout.env_repo) not in sys.path:
         sys.path.insert(0, str(checkout.env_repo))
     hook = sys.excepthook
@@ -210,6 +211,16 @@ def scene_config(checkout: CalvinCheckout, scene: str):
     return cfg
 
 
+def _yaml_mapping(path: Path) -> dict:
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a YAML mapping")
+    return data
+
+
 def sim_config(checkout: CalvinCheckout, scene: str, main_size: int = MAIN_SIZE, wrist_size: int = WRIST_SIZE,
                use_egl: bool = False):
     """The PlayTableSimEnv config the official evaluation's merged_config.yaml holds, built
@@ -218,9 +229,9 @@ def sim_config(checkout: CalvinCheckout, scene: str, main_size: int = MAIN_SIZE,
     from omegaconf import OmegaConf
 
     conf = checkout.conf
-    robot = OmegaConf.merge(OmegaConf.load(conf / "robot" / "panda.yaml"),
-                            OmegaConf.load(conf / "robot" / "panda_longer_finger.yaml"))
-    robot.pop("defaults", None)  # panda_longer_finger's defaults list: panda, merged above
+    finger = _yaml_mapping(conf / "robot" / "panda_longer_finger.yaml")
+    finger.pop("defaults", None)  # its defaults list names panda, merged here first
+    robot = OmegaConf.create({**_yaml_mapping(conf / "robot" / "panda.yaml"), **finger})
     cameras = {
         "static": OmegaConf.load(conf / "cameras" / "cameras" / "static.yaml"),
         "gripper": OmegaConf.load(conf / "cameras" / "cameras" / "gripper.yaml"),
@@ -236,12 +247,9 @@ def sim_config(checkout: CalvinCheckout, scene: str, main_size: int = MAIN_SIZE,
 
 def load_instructions(checkout: CalvinCheckout, which: str) -> dict[str, list[str]]:
     """Task name -> instructions: the training paraphrases or the one validation sentence."""
-    import yaml
-
     if which not in INSTRUCTION_SETS:
         raise ValueError(f"env.<split>.extra.instructions must be one of {INSTRUCTION_SETS}, got {which!r}")
-    with open(checkout.annotations(which)) as f:
-        table = yaml.safe_load(f)
+    table = _yaml_mapping(checkout.annotations(which))
     return {str(k): [str(s) for s in v] for k, v in table.items()}
 
 

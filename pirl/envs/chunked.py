@@ -72,20 +72,22 @@ def collect_steps(outs: Sequence[Optional[tuple]]) -> StepBatch:
     """SingleEnv.step results of n envs -> a StepBatch; None marks an env whose worker
     crashed (zeros, crashed True)."""
     n = len(outs)
-    batch = StepBatch(reward=np.zeros(n), terminated=np.zeros(n, dtype=bool), success=np.zeros(n, dtype=bool),
-                      crashed=np.zeros(n, dtype=bool), truncated=np.zeros(n, dtype=bool))
+    reward, truncated = np.zeros(n), np.zeros(n, dtype=bool)
+    terminated, success, crashed = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    stats: dict[str, np.ndarray] = {}
     for j, out in enumerate(outs):
         if out is None:
-            batch.crashed[j] = True
+            crashed[j] = True
             continue
-        batch.reward[j], batch.terminated[j], batch.success[j] = out[:3]
+        reward[j], terminated[j], success[j] = out[:3]
         extras = out[3] if len(out) > 3 else {}
         for key, value in extras.items():
             if key == "truncated":
-                batch.truncated[j] = bool(value)
+                truncated[j] = bool(value)
             else:
-                batch.stats.setdefault(key, np.zeros(n))[j] = float(value)
-    return batch
+                stats.setdefault(key, np.zeros(n))[j] = float(value)
+    return StepBatch(reward=reward, terminated=terminated, success=success, crashed=crashed,
+                     truncated=truncated, stats=stats)
 
 
 class Backend(Protocol):
