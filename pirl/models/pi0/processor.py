@@ -119,7 +119,7 @@ def augment(x: torch.Tensor, draw: AugmentDraw, geometric: bool) -> torch.Tensor
 
 @dataclass
 class ProcessorConfig:
-    normalization: str = "zscore"  # zscore (π0) | quantile (π0.5)
+    normalization: str = "zscore"  # zscore (π0) | quantile (π0.5) | minmax | identity, for stats without a mode
     delta_action_mask: tuple | None = None  # (D_env,) bool: env actions that are deltas to the state
     action_env_dim: int = 1
     train_augment: bool = False  # openpi's training augmentation (`augment`) while training
@@ -155,11 +155,22 @@ class Pi0Processor:
             masks.append(torch.ones(B, dtype=torch.bool))
         return torch.stack(slots, dim=1), torch.stack(masks, dim=1)
 
+    def mode(self, key: str) -> str:
+        """The normalization of norm_stats[key]: the mode its checkpoint declared, else the run's."""
+        assert self.norm_stats is not None
+        return self.norm_stats[key].mode or self.pcfg.normalization
+
     def state(self, raw: torch.Tensor) -> torch.Tensor:
         """raw (B, S_env) -> normalized (B, S_env) fp32."""
         if self.norm_stats is None:
             return raw.float()
-        return normalize(raw.float(), self.norm_stats["state"], self.pcfg.normalization)
+        return normalize(raw.float(), self.norm_stats["state"], self.mode("state"))
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Env-unit actions (..., D_env) -> model units (SFT targets); identity without stats."""
+        if self.norm_stats is None:
+            return actions.float()
+        return normalize(actions, self.norm_stats["actions"], self.mode("actions"))
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         D = self.cfg.action_dim
@@ -182,7 +193,7 @@ class Pi0Processor:
         """model actions (B, H, D) -> env actions (B, H, D_env) fp32."""
         a = actions.float()
         if self.norm_stats is not None:
-            a = unnormalize(a, self.norm_stats["actions"], self.pcfg.normalization)
+            a = unnormalize(a, self.norm_stats["actions"], self.mode("actions"))
         a = a[..., : self.pcfg.action_env_dim]
         if self.pcfg.delta_action_mask is not None:
             m = torch.tensor(self.pcfg.delta_action_mask, dtype=torch.bool, device=a.device)
