@@ -10,7 +10,7 @@ CONFIG ?= reach2d_learn_ppo_flow_sde
 WARM   := results/warm_start/$(CONFIG)
 ARGS   ?=
 
-.PHONY: install sim train test test-fast clean
+.PHONY: install sim train test test-fast lint clean
 install: $(VENV)/.pirl-installed
 sim: $(VENV)/.sim-installed
 
@@ -30,12 +30,19 @@ train: install
 	$(PY) -m pirl.sft --config-name $(CONFIG) --out $(WARM) --episodes 2
 	launcher/run.sh $(CONFIG) actor.model.model_path=$(abspath $(WARM)) $(ARGS)
 
-test: install sim
-	$(PY) -m pytest -q --instafail tests $(ARGS)
+FAST := not sim and not dist and not e2e and not cluster and not parity
 
-# Everything but the simulator tiers (no apt, no simulator packages).
+test: install sim
+	$(PY) -m pytest -q --instafail -m "not parity" tests $(ARGS)
+
+# The fast tier (pytest.ini markers): no simulators, no multi-process or daemon tiers.
 test-fast: install
-	$(PY) -m pytest -q --instafail tests --ignore-glob='tests/test_envs_[mlc]*' $(ARGS)
+	$(PY) -m pytest -q --instafail -m "$(FAST)" tests $(ARGS)
+
+# ruff (ruff.toml) over everything, mypy (mypy.ini) over the package, kernels and benches.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .cache results

@@ -54,6 +54,7 @@ setup(
         ],
         "gpu": ["flash-attn"],
         # orbax (with jax on the CPU) writes the openpi JAX checkpoints the tests load
-        "dev": ["pytest", "pytest-timeout", "pytest-instafail", "orbax-checkpoint", "jax"],
+        "dev": ["pytest", "pytest-timeout", "pytest-instafail", "ruff==0.17.6", "mypy==2.4.1", "orbax-checkpoint",
+                "jax"],
     },
 )

@@ -127,8 +127,9 @@ def warm_start(cfg, episodes_per_env: int, num_envs: int = 16, noise: float = 0.
     model_cfg = cfg.actor.model.copy() if hasattr(cfg.actor.model, "copy") else cfg.actor.model
     model_cfg.model_path = None
     policy = build_policy(model_cfg, state_dim=env.state_dim)
-    if model_cfg.model_type == "openpi" and policy.processor.norm_stats is None:
-        policy.processor.norm_stats = demo_norm_stats(policy, observations, actions)
+    processor = getattr(policy, "processor", None)  # π0's observation pipeline; flow_mlp has none
+    if processor is not None and processor.norm_stats is None:
+        processor.norm_stats = demo_norm_stats(policy, observations, actions)
     losses = train_flow_matching(policy, observations, actions, steps, lr, seed=seed)
     return policy.eval(), losses
 

@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.dist
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["env.train.total_num_envs=32", "env.eval.total_num_envs=8", "actor.micro_batch_size=32",

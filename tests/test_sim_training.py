@@ -6,6 +6,10 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
+pytestmark = [pytest.mark.sim, pytest.mark.dist]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -11,9 +11,10 @@ class ValueHead(nn.Module):
 
     def __init__(self, width: int, hidden: int = 128):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 1))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        first, last = nn.Linear(width, hidden), nn.Linear(hidden, 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(first, nn.GELU(), last)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features.float()).squeeze(-1)

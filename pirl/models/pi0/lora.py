@@ -34,11 +34,12 @@ def lora_pattern(targets) -> str:
 
 def freeze_vlm(model: nn.Module) -> None:
     """train_expert_only: SigLIP, projector and Gemma 2B stop training."""
-    for p in model.paligemma_with_expert.paligemma.parameters():
+    vlm: nn.Module = model.paligemma_with_expert.paligemma  # type: ignore[union-attr,assignment]
+    for p in vlm.parameters():
         p.requires_grad_(False)
 
 
-def apply_lora(model: nn.Module, rank: int, targets=("vlm",), alpha: float | None = None) -> nn.Module:
+def apply_lora(model: nn.Module, rank: int, targets=("vlm",), alpha: int | None = None) -> nn.Module:
     """Inject LoRA adapters (in place) into the chosen towers' linear layers and freeze those
     towers' base weights. Returns the model."""
     from peft import LoraConfig, inject_adapter_in_model
@@ -70,6 +71,7 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         out[name.replace(".base_layer.", ".")] = t.detach().clone()
     for name, m in lora.items():
         for adapter in m.active_adapters:
-            a, b = m.lora_A[adapter].weight, m.lora_B[adapter].weight
+            a: torch.Tensor = m.lora_A[adapter].weight  # type: ignore[assignment]  # an nn.Linear's
+            b: torch.Tensor = m.lora_B[adapter].weight  # type: ignore[assignment]
             out[name + ".weight"] = out[name + ".weight"] + m.scaling[adapter] * (b.float() @ a.float()).to(a.dtype)
     return out
