@@ -145,7 +145,7 @@ class OpenPIConfig:
     delta_action_mask: Optional[list] = None  # per action dim: True where actions are deltas of the state
     train_augment: bool = False  # train-time image augmentation in the processor
     lora_targets: list = field(default_factory=lambda: ["vlm"])  # towers with LoRA: vlm, expert, vision
-    checkpoint_format: Optional[str] = None  # pirl | openpi | lerobot; null: detected from the files
+    checkpoint_format: Optional[str] = None  # pirl | openpi | openpi_jax | lerobot; null: detected from the files
 
 
 @dataclass

@@ -28,7 +28,9 @@ from lerobot.policies.pi0 import modeling_pi0, processor_pi0
 from lerobot.policies.pi0.configuration_pi0 import PI0Config
 from lerobot.policies.pi05 import modeling_pi05, processor_pi05
 from lerobot.policies.pi05.configuration_pi05 import PI05Config
-from lerobot.processor import PolicyProcessorPipeline, RelativeActionsProcessorStep, TokenizerProcessorStep
+from lerobot.processor import (PolicyProcessorPipeline, RelativeActionsProcessorStep, TokenizerProcessorStep,
+                               policy_action_to_transition, transition_to_policy_action)
+from omegaconf import OmegaConf
 
 from pirl.models.pi0 import build_pi0_policy
 from pirl.models.pi0.checkpoint_lerobot import relative_mask
@@ -39,14 +41,14 @@ V, S, H, STATE_DIM, ACTION_DIM, B = 512, 28, 6, 6, 5, 3
 VLM = dict(width=64, depth=2, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=8)
 EXPERT = dict(width=32, depth=2, mlp_dim=64, num_heads=8, num_kv_heads=1, head_dim=8)
 VISION = dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, image_size=S)
-TOKENS = {"pi0": 16, "pi05": 48}
+TOKENS = {"pi0": 16, "pi05": 72}  # π0: prompts cut (as lerobot cuts them); π0.5: whole
 PROMPTS = ["pick up the red cube", "open the drawer", "place it on plate"]
 
 
 # ---- lerobot, tiny ---------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def tiny_lerobot():
-    """lerobot's variant sizes replaced in this module only (see the module docstring)."""
+@contextlib.contextmanager
+def tiny_sizes():
+    """lerobot's variant sizes replaced while inside (see the module docstring)."""
     mp = pytest.MonkeyPatch()
     sizes = {"gemma_2b": VLM, "gemma_300m": EXPERT}
     for mod in (modeling_pi0, modeling_pi05):
@@ -67,18 +69,25 @@ def tiny_lerobot():
 
         mp.setattr(mod, "PaliGemmaForConditionalGenerationWithPiGemma", vlm)
         mp.setattr(mod, "PiGemmaForCausalLM", expert)
-    yield
-    mp.undo()
+    try:
+        yield
+    finally:
+        mp.undo()
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
+@pytest.fixture(scope="module", autouse=True)
+def tiny_lerobot():
+    with tiny_sizes():
+        yield
+
+
+def make_tokenizer(d):
     """A tiny Gemma-style tokenizer (SentencePiece BPE converted by transformers), saved as
     a directory lerobot's TokenizerProcessorStep loads by name (PaliGemma's cannot be downloaded)."""
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
-    d = tmp_path_factory.mktemp("tok")
+    d.mkdir(parents=True, exist_ok=True)
     words = ["pick", "up", "the", "red", "cube", "place", "it", "on", "plate", "open", "drawer", "Task:",
              "State:", "Action:"] + [str(i) for i in range(256)]
     rng = np.random.default_rng(0)
@@ -89,9 +98,15 @@ def tokenizer_dir(tmp_path_factory):
         pad_piece="<pad>", unk_piece="<unk>", user_defined_symbols=["\n"], split_digits=True, minloglevel=2)
     (d / "src").mkdir()
     (d / "sp.model").rename(d / "src" / "tokenizer.model")
-    (d / "src" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GemmaTokenizer"}))
+    (d / "src" / "tokenizer_config.json").write_text(json.dumps(  # as PaliGemma's: <bos> first
+        {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False}))
     AutoTokenizer.from_pretrained(str(d / "src")).save_pretrained(str(d / "hf"))
     return d / "hf"
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def _features():
@@ -143,12 +158,19 @@ def _save_lerobot(policy, kind, folder, tokenizer_dir, seed):
     return folder
 
 
+def _postprocessor(folder):
+    """lerobot's postprocessor as its factory loads it (model actions in, actions out)."""
+    return PolicyProcessorPipeline.from_pretrained(folder, config_filename="policy_postprocessor.json",
+                                                   to_transition=policy_action_to_transition,
+                                                   to_output=transition_to_policy_action)
+
+
 def _run_config(kind, folder, **openpi):
-    return {"model_type": "openpi", "model_path": str(folder), "action_dim": ACTION_DIM, "num_action_chunks": H,
+    return OmegaConf.create({"model_type": "openpi", "model_path": str(folder), "action_dim": ACTION_DIM, "num_action_chunks": H,
             "action_horizon": H, "action_model_dim": 32, "num_steps": 10, "precision": "fp32",
             "openpi": {"config_name": "pi05_tiny" if kind == "pi05" else "pi0_tiny", "pi05": kind == "pi05",
                        "paligemma": dict(VLM, vocab_size=V), "expert": dict(EXPERT, vocab_size=V), "vision": VISION,
-                       "max_token_len": TOKENS[kind], "add_value_head": False, "train_expert_only": False, **openpi}}
+                       "max_token_len": TOKENS[kind], "add_value_head": False, "train_expert_only": False, **openpi}})
 
 
 # ---- fixed inputs ----------------------------------------------------------------------
@@ -205,7 +227,20 @@ def _pirl_ode(policy, fi, seed):
     return sample.chains[:, -1]
 
 
-def _check_model_parity(policy, lr, kind, seed):
+def parity_errors(policy, lr, kind, seed):
+    """Measured, not asserted: max |Δv| / max |v| over lerobot's 10 denoise steps, and the max
+    absolute difference of the sampled actions (docs/benchmarks.md, bench/lerobot_parity.py)."""
+    images, masks, tokens, token_masks, state, fi = _inputs_for(kind, seed)
+    noise = torch.randn(B, H, 32, generator=torch.Generator().manual_seed(seed))
+    actions, records = _lerobot_sample(lr, kind, images, masks, tokens, token_masks, state, noise)
+    with torch.no_grad():
+        _, kv, pad = policy.model.prefix_forward(fi["images"], fi["image_masks"], fi["tokens"], fi["token_masks"])
+        dv = max(float((policy.model.velocity(policy.model.suffix_forward(kv, pad, fi["state"], x, t)) - v).abs().max()
+                       / v.abs().max()) for x, t, v in records)
+    return {"velocity": dv, "actions": float((_pirl_ode(policy, fi, seed) - actions).abs().max())}
+
+
+def _inputs_for(kind, seed):
     images, masks, tokens, token_masks, state, fi = _model_inputs(seed)
     if kind == "pi05":  # π0.5 prompts are longer (state bins in the prompt)
         L = TOKENS["pi05"]
@@ -213,6 +248,11 @@ def _check_model_parity(policy, lr, kind, seed):
         tokens = torch.randint(1, V, (B, L), generator=g)
         token_masks = torch.arange(L)[None] < torch.tensor([L, 7, 30])[:, None]
         fi.update(tokens=tokens, token_masks=token_masks)
+    return images, masks, tokens, token_masks, state, fi
+
+
+def _check_model_parity(policy, lr, kind, seed):
+    images, masks, tokens, token_masks, state, fi = _inputs_for(kind, seed)
     noise = torch.randn(B, H, 32, generator=torch.Generator().manual_seed(seed))
     actions, records = _lerobot_sample(lr, kind, images, masks, tokens, token_masks, state, noise)
     assert len(records) == 10 and {round(float(t[0]), 3) for _, t, _ in records} == {round(1 - k / 10, 3)
@@ -244,7 +284,7 @@ def test_processors_match_lerobots_pipelines(tmp_path, tokenizer_dir, kind):
     with pytest.warns(UserWarning):
         policy = build_pi0_policy(_run_config(kind, folder))
     pre = PolicyProcessorPipeline.from_pretrained(folder, config_filename="policy_preprocessor.json")
-    post = PolicyProcessorPipeline.from_pretrained(folder, config_filename="policy_postprocessor.json")
+    post = _postprocessor(folder)
     g = torch.Generator().manual_seed(3)
     pixels = [torch.randint(0, 256, (B, S, S, 3), dtype=torch.uint8, generator=g) for _ in range(2)]
     raw_state = torch.randn(B, STATE_DIM, generator=g) * 0.5
@@ -337,7 +377,7 @@ def test_pirl_lerobot_export_loads_strictly_in_lerobot(tmp_path, tokenizer_dir, 
         assert torch.equal(v, mine["model." + k]), k
     _check_model_parity(policy, back, kind, seed=9)
     pre = PolicyProcessorPipeline.from_pretrained(out, config_filename="policy_preprocessor.json")
-    post = PolicyProcessorPipeline.from_pretrained(out, config_filename="policy_postprocessor.json")
+    post = _postprocessor(out)
     g = torch.Generator().manual_seed(10)
     pixels = torch.randint(0, 256, (B, S, S, 3), dtype=torch.uint8, generator=g)
     raw_state = torch.randn(B, STATE_DIM, generator=g) * 0.5

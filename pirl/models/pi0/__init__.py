@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from pirl.flow import FlowSpec
-from pirl.models.pi0.checkpoint import (LEROBOT, check_run_config, detect_format, find_norm_stats, load_weights,
+from pirl.models.pi0.checkpoint import (FORMATS, LEROBOT, check_run_config, detect_format, find_norm_stats, load_weights,
                                        read_tokenizer)
 from pirl.models.pi0.checkpoint_lerobot import read_processing
 from pirl.models.pi0.configuration import Pi0Config, _get, config_from_model_cfg, preset
@@ -52,6 +52,8 @@ def build_pi0_policy(model_cfg) -> Pi0Policy:
     # Everything the checkpoint declares is read and checked before the model is built.
     if path:
         fmt = _get(op, "checkpoint_format", None) or detect_format(path)
+        if fmt not in FORMATS:
+            raise ValueError(f"actor.model.openpi.checkpoint_format must be one of {FORMATS}, got {fmt!r}")
         check_run_config(cfg, path, fmt, spec.action_env_dim)
     dtype_name = str(_get(model_cfg, "precision", "fp32"))
     if dtype_name not in DTYPES:

@@ -74,6 +74,7 @@ OPENPI_TO_PIRL = (
     (PG + "multi_modal_projector.", PG + "model.multi_modal_projector."),
 )
 PIRL_TO_OPENPI = ((PG + "model.vision_tower.", PG + "model.vision_tower.vision_model."),)
+VISION_LEVEL = ((PG + "model.vision_tower.vision_model.", PG + "model.vision_tower."),)
 
 
 def _rename(key: str, rules) -> str:
@@ -173,9 +174,16 @@ def checkpoint_tensors(path: str | Path, fmt: str) -> dict[str, torch.Tensor]:
     return map_keys(read_tensors(path), fmt)
 
 
+def canonical(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Module names -> pirl names, whatever transformers 5.x built: releases before 5.2x keep
+    SigLIP's `vision_model.` level inside the vision tower, later ones drop it; pirl's names
+    (and its checkpoints) never have it."""
+    return {_rename(k, VISION_LEVEL): v for k, v in state.items() if k != LM_HEAD}
+
+
 def model_tensors(model: Pi0Model) -> dict[str, torch.Tensor]:
     """The model's own tensors by pirl name, each shared tensor once (lm_head is tied)."""
-    return {k: v for k, v in model.state_dict().items() if k != LM_HEAD}
+    return canonical(model.state_dict())
 
 
 def validate(model: Pi0Model, tensors: dict[str, torch.Tensor], fmt: str) -> None:
@@ -265,7 +273,7 @@ def check_run_config(cfg: Pi0Config, path: str | Path, fmt: str, action_env_dim:
             raise CheckpointError(str(e)) from e
         return
     if fmt == PIRL:
-        declared, where = read_config(path, fmt).to_dict(), path / PIRL_CONFIG
+        declared, where = Pi0Config.from_dict(_read_json(path / PIRL_CONFIG)["pi0_config"]).to_dict(), path / PIRL_CONFIG
     elif fmt == OPENPI and (path / "config.json").is_file():
         declared, where = _read_json(path / "config.json"), path / "config.json"
     else:
@@ -284,7 +292,7 @@ def save_pirl(model: Pi0Model, path: str | Path, norm_stats: dict[str, NormStats
     the byte tokenizer is named."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = tensors if tensors is not None else model_tensors(model)
+    state = canonical(tensors) if tensors is not None else model_tensors(model)
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path / WEIGHTS))
     meta = {"format": PIRL, "pi0_config": model.cfg.to_dict()}
     if isinstance(tokenizer, SentencePieceTokenizer):
@@ -354,7 +362,7 @@ def export_openpi(model: Pi0Model, path: str | Path, norm_stats: dict[str, NormS
 def _external_state(model: Pi0Model, tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     """The tensors openpi's and lerobot's models have: pirl's heads dropped, the expert's
     LM head added (zeros, in the expert's dtype)."""
-    state = dict(tensors if tensors is not None else model_tensors(model))
+    state = canonical(tensors) if tensors is not None else model_tensors(model)
     state = {k: v for k, v in state.items() if not PIRL_ONLY.match(k)}
     e = model.cfg.expert
     ref = state[next(k for k in state if k.startswith("paligemma_with_expert.gemma_expert."))]
@@ -363,7 +371,7 @@ def _external_state(model: Pi0Model, tensors: dict[str, torch.Tensor] | None) ->
 
 
 def export_lerobot(model: Pi0Model, path: str | Path, norm_stats: dict[str, NormStats], *, state_dim: int,
-                   action_env_dim: int, tokenizer_name: str = lerobot.PALIGEMMA_TOKENIZER,
+                   action_env_dim: int, tokenizer_name: str | None = None,
                    cameras: tuple[str, ...] | None = None, delta_action_mask: tuple[bool, ...] | None = None,
                    tensors: dict[str, torch.Tensor] | None = None) -> None:
     """lerobot 0.6.1's folder, loadable by its strict `PI0Policy.from_pretrained` /
@@ -372,7 +380,8 @@ def export_lerobot(model: Pi0Model, path: str | Path, norm_stats: dict[str, Norm
     the expert's lm_head as zeros), policy_{pre,post}processor json + stats. `norm_stats`
     must carry their mode (what the run normalized with); stats are rewritten for lerobot's
     formulas (normalize.to_convention). `cameras` are lerobot feature names, one per camera
-    slot in order (default observation.images.<slot> for every slot)."""
+    slot in order (default observation.images.<slot> for every slot). `tokenizer_name` is
+    what lerobot's tokenizer step loads (default PaliGemma's hub id)."""
     for key in ("state", "actions"):
         if key not in norm_stats or norm_stats[key].mode is None:
             raise CheckpointError(f"export_lerobot: norm_stats[{key!r}] needs its mode (zscore, quantile, ...)")
@@ -382,5 +391,5 @@ def export_lerobot(model: Pi0Model, path: str | Path, norm_stats: dict[str, Norm
     state[LM_HEAD] = state[EMBED].clone()  # lerobot keeps both, untied
     state = {"model." + _rename(k, PIRL_TO_OPENPI): v for k, v in state.items()}
     cams = list(cameras) if cameras is not None else [lerobot.IMAGE_PREFIX + k for k in model.cfg.image_keys]
-    lerobot.write_folder(path, model.cfg, state, norm_stats, state_dim, action_env_dim, cams, tokenizer_name,
-                         delta_action_mask, next(model.parameters()).dtype)
+    lerobot.write_folder(path, model.cfg, state, norm_stats, state_dim, action_env_dim, cams,
+                         tokenizer_name or lerobot.PALIGEMMA_TOKENIZER, delta_action_mask, next(model.parameters()).dtype)

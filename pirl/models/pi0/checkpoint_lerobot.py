@@ -24,6 +24,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -194,7 +195,7 @@ def write_folder(path: Path, cfg: Pi0Config, tensors: dict[str, torch.Tensor], n
     """config.json, model.safetensors (names already lerobot's) and both processor pipelines."""
     S = cfg.vision.image_size
     inputs, outputs = _features(cameras, S, state_dim, action_dim)
-    modes = {k: v.mode for k, v in norm_stats.items()}
+    modes = {k: v.mode or "" for k, v in norm_stats.items()}  # export_lerobot has checked they are set
     norm_map = {"VISUAL": "IDENTITY", "STATE": LEROBOT_MODES[modes["state"]], "ACTION": LEROBOT_MODES[modes["actions"]]}
     names = None
     if delta_action_mask is not None:  # lerobot names the absolute dims; "absolute" is excluded
@@ -220,15 +221,16 @@ def write_folder(path: Path, cfg: Pi0Config, tensors: dict[str, torch.Tensor], n
         s = lerobot[key]
         for stat in ("mean", "std", "q01", "q99", "min", "max"):
             if getattr(s, stat) is not None:
-                flat[f"{feature}.{stat}"] = getattr(s, stat).float().contiguous()
+                flat[f"{feature}.{stat}"] = getattr(s, stat).float().clone()  # own storage: safetensors refuses shared
     features = {**inputs, **outputs}
     norm_cfg = {"eps": LEROBOT_EPS, "features": features, "norm_map": norm_map}
     rel = {"enabled": delta_action_mask is not None, "exclude_joints": ["absolute"], "action_names": names}
     tok = {"max_length": cfg.max_token_len, "task_key": "task", "padding_side": "right", "padding": "max_length",
            "truncation": True, "tokenizer_name": tokenizer_name}
     # The step order of lerobot's make_pi0_pre_post_processors / make_pi05_pre_post_processors.
-    head = [("rename_observations_processor", {"rename_map": {}}), ("to_batch_processor", {})]
-    device = ("device_processor", {"device": "cpu", "float_dtype": None})
+    head: list[tuple[str, dict[str, Any]]] = [("rename_observations_processor", {"rename_map": {}}),
+                                              ("to_batch_processor", {})]
+    device: tuple[str, dict[str, Any]] = ("device_processor", {"device": "cpu", "float_dtype": None})
     if cfg.pi05:
         steps = head + [("relative_actions_processor", rel), ("normalizer_processor", norm_cfg),
                         ("pi05_prepare_state_tokenizer_processor_step", {}), ("tokenizer_processor", tok), device]
@@ -237,7 +239,7 @@ def write_folder(path: Path, cfg: Pi0Config, tensors: dict[str, torch.Tensor], n
                         ("relative_actions_processor", rel), ("normalizer_processor", norm_cfg)]
     pre_steps = []
     for i, (name, config) in enumerate(steps):
-        entry = {"registry_name": name, "config": config}
+        entry: dict[str, Any] = {"registry_name": name, "config": config}
         if name == "normalizer_processor":
             entry["state_file"] = f"policy_preprocessor_step_{i}_normalizer_processor.safetensors"
             save_file(flat, str(path / entry["state_file"]))

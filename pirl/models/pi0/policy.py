@@ -187,10 +187,10 @@ class Pi0Policy(FlowPolicy):
                                   "hub id lerobot can load)")
         if tokenizer_name is None and isinstance(encoder, HFTokenizer):
             tokenizer_name = encoder.name
-        named = {"tokenizer_name": tokenizer_name} if tokenizer_name else {}
         moded = {k: replace(v, mode=self.processor.mode(k)) for k, v in stats.items()}
         with atomic_dir(directory) as tmp:
             export_lerobot(self.model, tmp, moded, state_dim=state_dim or int(stats["state"].mean.shape[0]),
                            action_env_dim=self.spec.action_env_dim,
-                           delta_action_mask=self.processor.pcfg.delta_action_mask, tensors=tensors, **named)
+                           delta_action_mask=self.processor.pcfg.delta_action_mask, tensors=tensors,
+                           tokenizer_name=tokenizer_name)
         return Path(directory)

@@ -77,7 +77,7 @@ class HFTokenizer:
         return ([self.bos_id] if add_bos else []) + list(ids)
 
 
-def load_tokenizer(name: str | Path) -> "HFTokenizer | SentencePieceTokenizer":
+def load_tokenizer(name: str | Path) -> HFTokenizer | SentencePieceTokenizer:
     """A tokenizer directory (tokenizer.json, else tokenizer.model) or a Hugging Face hub
     id already in the local cache (as lerobot's policy_preprocessor.json names it)."""
     d = Path(name)
