@@ -29,11 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(format_dry_run(cfg, derived_sizes(cfg, world_size or world_size_of(cfg))))
         return 0
+    from pirl.checkpoint import CheckpointError
     from pirl.engine.dist import init_distributed
     from pirl.runner import Runner
 
     dist = init_distributed()
-    results = Runner(cfg, dist).run()
+    try:
+        results = Runner(cfg, dist).run()
+    except CheckpointError as e:  # a damaged or incompatible checkpoint: one message, every rank
+        print(f"checkpoint error: {e}", file=sys.stderr)
+        return 2
     if dist.rank == 0 and results:
         print(" ".join(f"{k}={v:.4f}" for k, v in results.items()), flush=True)
     return 0

@@ -59,7 +59,8 @@ def test_checkpoints_atomic_and_pruned(tmp_path):
     assert names == ["iter_000002", "iter_000003", "latest"]
     assert (root / "latest").read_text() == "iter_000003"
     assert (root / "iter_000003" / "config.yaml").is_file()
-    assert (root / "iter_000003" / "runner_rank0.pt").is_file()
+    assert (root / "iter_000003" / "runner_rank0.json").is_file()
+    assert (root / "iter_000003" / "manifest.json").is_file()
 
 
 def test_metrics_reach_tensorboard_and_wandb(tmp_path):

@@ -224,7 +224,7 @@ def _pirl_ode(policy, fi, seed):
     """pirl's own sampler (eval mode: deterministic ODE over spec.num_steps), model units."""
     full = dict(fi, raw_state=fi["state"][:, :STATE_DIM])
     sample = policy.sample(full, mode="eval", generator=torch.Generator().manual_seed(seed))
-    return sample.chains[:, -1]
+    return sample.replay["chains"][:, -1]
 
 
 def parity_errors(policy, lr, kind, seed):

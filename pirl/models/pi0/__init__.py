@@ -32,8 +32,9 @@ def flow_spec_from_cfg(model_cfg) -> FlowSpec:
     )
 
 
-def build_pi0_policy(model_cfg) -> Pi0Policy:
-    """`actor.model` (model_type "openpi") -> Pi0Policy.
+def build_pi0_policy(model_cfg, state_dim: int | None = None) -> Pi0Policy:
+    """`actor.model` (model_type "openpi") -> Pi0Policy; `state_dim` is the env's (the
+    rollout buffer stores raw states of that size).
 
     Keys beyond the schema, read with defaults: openpi.tokenizer_path (SentencePiece file,
     or a tokenizer directory; when null, the tokenizer the checkpoint records, or a byte
@@ -80,7 +81,7 @@ def build_pi0_policy(model_cfg) -> Pi0Policy:
         apply_lora(model, int(_get(model_cfg, "lora_rank", 8)), tuple(_get(op, "lora_targets", ["vlm"])))
     if bool(_get(model_cfg, "gradient_checkpointing", False)):
         model.paligemma_with_expert.gradient_checkpointing = True
-    return Pi0Policy(model, processor, spec)
+    return Pi0Policy(model, processor, spec, state_dim)
 
 
 def _norm_stats(op, path, fmt, normalization):
