@@ -25,6 +25,8 @@ setup(
         "omegaconf>=2.3",
         "pyyaml",
         "safetensors",
+        # reads openpi's JAX (orbax / OCDBT) checkpoints without JAX
+        "tensorstore",
         "sentencepiece",
         "tokenizers",
         "numpy",
@@ -57,6 +59,8 @@ setup(
         "calvin": ["pybullet==3.2.7", "gym==0.26.2", "numpy-quaternion", "gitpython", "hydra-core>=1.3,<1.4",
                    "opencv-python", "scipy", "rich"],
         "gpu": ["flash-attn"],
-        "dev": ["pytest", "pytest-timeout", "pytest-instafail", "ruff==0.17.6", "mypy==2.4.1"],
+        # orbax (with jax on the CPU) writes the openpi JAX checkpoints the tests load
+        "dev": ["pytest", "pytest-timeout", "pytest-instafail", "ruff==0.17.6", "mypy==2.4.1", "orbax-checkpoint",
+                "jax"],
     },
 )

@@ -89,7 +89,7 @@ class EnvSplitConfig:
     max_episode_steps: int = 32  # env steps (not chunks) per episode
     auto_reset: bool = True  # reset an env when its episode ends, within the rollout
     ignore_terminations: bool = False  # True: run every episode to max_episode_steps
-    use_rel_reward: bool = False  # reward once on first success instead of every success step
+    use_rel_reward: bool = False  # pay r_t - r_{t-1} (RLinf's relative reward): a held success pays once
     reward_coef: float = 1.0  # scale of the env reward
     seed: int = 0  # env seed
     group_size: int = 1  # envs sharing an initial state (GRPO)
@@ -146,7 +146,7 @@ class OpenPIConfig:
     delta_action_mask: Optional[list] = None  # per action dim: True where actions are deltas of the state
     train_augment: bool = False  # train-time image augmentation in the processor
     lora_targets: list = field(default_factory=lambda: ["vlm"])  # towers with LoRA: vlm, expert, vision
-    checkpoint_format: Optional[str] = None  # pirl | openpi | lerobot; null: detected from the files
+    checkpoint_format: Optional[str] = None  # pirl | openpi | openpi_jax | lerobot; null: detected from the files
 
 
 @dataclass
