@@ -230,7 +230,7 @@ def test_chain_completion_terminates_with_success():
     try:
         env.reset(seed=CHAIN)
         e = envs_of(env)[0]
-        for k, task in enumerate(e.chain):
+        for task in e.chain:
             index, value = STANDIN_CHANGES[task]
             scene = e.sim.get_obs()["scene_obs"]
             if value is None:  # rotate by -90 degrees / lift by 10 cm
