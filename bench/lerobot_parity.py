@@ -40,17 +40,7 @@ def main() -> None:
             back = cls.from_pretrained(policy.export(d / f"{kind}_export", "lerobot"), strict=True).eval()
             rows.append((f"{kind}: pirl export -> lerobot", P.parity_errors(policy, back, kind, seed=9)))
         lr = P._lerobot_policy("pi0", seed=4, optimizer_lr=1e-2)
-        pre, _ = P._processors("pi0", lr.config, tok, P._dataset_stats(4))
-        g = torch.Generator().manual_seed(5)
-        batch = {"observation.images.base": torch.rand(P.B, 3, P.S, P.S, generator=g),
-                 "observation.images.wrist": torch.rand(P.B, 3, P.S, P.S, generator=g),
-                 "observation.state": torch.randn(P.B, P.STATE_DIM, generator=g),
-                 "action": torch.randn(P.B, P.H, P.ACTION_DIM, generator=g), "task": list(P.PROMPTS)}
-        lr.train()
-        optimizer = lr.config.get_optimizer_preset().build(lr.get_optim_params())
-        lr.forward(pre(batch))[0].backward()
-        optimizer.step()
-        lr.eval()
+        P.one_training_step(lr, tok, seed=4)
         policy = build_pi0_policy(P._run_config("pi0", P._save_lerobot(lr, "pi0", d / "trained", tok, seed=4))).eval()
         rows.append(("pi0: lerobot after 1 training step -> pirl", P.parity_errors(policy, lr, "pi0", seed=6)))
     print(f"{'case':46s} {'max|dv|/max|v|':>15s} {'max|da|':>10s}")

@@ -3,7 +3,10 @@ without JAX; every converted weight checked against openpi's own einsum equation
 import dataclasses
 import json
 
+import jax  # dev extras: orbax writes the checkpoints, JAX runs openpi's equations
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import torch
 
@@ -11,10 +14,6 @@ from pirl.models.pi0 import checkpoint as ck
 from pirl.models.pi0.checkpoint_jax import LINEARS
 from pirl.models.pi0.configuration import preset
 from pirl.models.pi0.modeling import Pi0Model
-
-jax = pytest.importorskip("jax")
-jnp = jax.numpy
-ocp = pytest.importorskip("orbax.checkpoint")
 
 
 def _jax_params(cfg, seed=0, dtype=np.float32):

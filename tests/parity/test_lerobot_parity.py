@@ -165,6 +165,31 @@ def _postprocessor(folder):
                                                    to_output=transition_to_policy_action)
 
 
+def one_training_step(lr, tokenizer_dir, seed):
+    """One step of lerobot's own training of a π0: its preprocessor, loss and AdamW preset."""
+    pre, _ = _processors("pi0", lr.config, tokenizer_dir, _dataset_stats(seed))
+    g = torch.Generator().manual_seed(seed + 1)
+    batch = {"observation.images.base": torch.rand(B, 3, S, S, generator=g),
+             "observation.images.wrist": torch.rand(B, 3, S, S, generator=g),
+             "observation.state": torch.randn(B, STATE_DIM, generator=g),
+             "action": torch.randn(B, H, ACTION_DIM, generator=g), "task": list(PROMPTS)}
+    lr.train()
+    optimizer = lr.config.get_optimizer_preset().build(lr.get_optim_params())
+    loss, _ = lr.forward(pre(batch))
+    loss.backward()
+    optimizer.step()
+    lr.eval()
+
+
+def _pirl_from_lerobot(tmp_path, tokenizer_dir, kind, seed):
+    """A random lerobot model saved by lerobot, and pirl's policy built from that folder."""
+    lr = _lerobot_policy(kind, seed=seed)
+    folder = _save_lerobot(lr, kind, tmp_path / "lerobot", tokenizer_dir, seed=seed)
+    with pytest.warns(UserWarning, match="taking paligemma_with_expert.paligemma.model.language_model.embed_tokens"):
+        policy = build_pi0_policy(_run_config(kind, folder))
+    return lr, folder, policy.eval()
+
+
 def _run_config(kind, folder, **openpi):
     return OmegaConf.create({"model_type": "openpi", "model_path": str(folder), "action_dim": ACTION_DIM, "num_action_chunks": H,
             "action_horizon": H, "action_model_dim": 32, "num_steps": 10, "precision": "fp32",
@@ -267,11 +292,7 @@ def _check_model_parity(policy, lr, kind, seed):
 # ---- lerobot -> pirl -------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["pi0", "pi05"])
 def test_lerobot_checkpoint_loads_and_matches_lerobot(tmp_path, tokenizer_dir, kind):
-    lr = _lerobot_policy(kind, seed=0)
-    folder = _save_lerobot(lr, kind, tmp_path / "lerobot", tokenizer_dir, seed=0)
-    with pytest.warns(UserWarning, match="taking paligemma_with_expert.paligemma.model.language_model.embed_tokens"):
-        policy = build_pi0_policy(_run_config(kind, folder))
-    policy.eval()
+    lr, _, policy = _pirl_from_lerobot(tmp_path, tokenizer_dir, kind, seed=0)
     _check_model_parity(policy, lr, kind, seed=1)
 
 
@@ -279,10 +300,7 @@ def test_lerobot_checkpoint_loads_and_matches_lerobot(tmp_path, tokenizer_dir, k
 def test_processors_match_lerobots_pipelines(tmp_path, tokenizer_dir, kind):
     """Raw observation -> tokens, normalized state (lerobot's preprocessor) and model actions
     -> env actions (its postprocessor), both loaded from the saved folder."""
-    lr = _lerobot_policy(kind, seed=2)
-    folder = _save_lerobot(lr, kind, tmp_path / "lerobot", tokenizer_dir, seed=2)
-    with pytest.warns(UserWarning):
-        policy = build_pi0_policy(_run_config(kind, folder))
+    lr, folder, policy = _pirl_from_lerobot(tmp_path, tokenizer_dir, kind, seed=2)
     pre = PolicyProcessorPipeline.from_pretrained(folder, config_filename="policy_preprocessor.json")
     post = _postprocessor(folder)
     g = torch.Generator().manual_seed(3)
@@ -318,30 +336,18 @@ def test_lerobot_checkpoint_after_one_training_step(tmp_path, tokenizer_dir):
     leaves the untied lm_head: pirl must take the embedding."""
     kind = "pi0"
     lr = _lerobot_policy(kind, seed=4, optimizer_lr=1e-2)
-    stats = _dataset_stats(4)
-    pre, _ = _processors(kind, lr.config, tokenizer_dir, stats)
-    g = torch.Generator().manual_seed(5)
-    batch = {"observation.images.base": torch.rand(B, 3, S, S, generator=g),
-             "observation.images.wrist": torch.rand(B, 3, S, S, generator=g),
-             "observation.state": torch.randn(B, STATE_DIM, generator=g),
-             "action": torch.randn(B, H, ACTION_DIM, generator=g), "task": list(PROMPTS)}
     embed = lr.model.paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight
     before = embed.detach().clone()
-    lr.train()
-    optimizer = lr.config.get_optimizer_preset().build(lr.get_optim_params())
-    loss, _ = lr.forward(pre(batch))
-    loss.backward()
-    optimizer.step()
-    lr.eval()
+    one_training_step(lr, tokenizer_dir, seed=4)
     assert not torch.equal(embed, before)
     folder = _save_lerobot(lr, kind, tmp_path / "trained", tokenizer_dir, seed=4)
     with pytest.warns(UserWarning, match="taking .*embed_tokens"):
         policy = build_pi0_policy(_run_config(kind, folder))
     _check_model_parity(policy.eval(), lr, kind, seed=6)
     # The finding this guards: the lm_head in place of the embedding changes the outputs.
-    wrong = policy.model.paligemma_with_expert.language_model.embed_tokens.weight
+    taken = policy.model.paligemma_with_expert.language_model.embed_tokens.weight
     head = lr.model.paligemma_with_expert.paligemma.lm_head.weight
-    assert not torch.allclose(wrong, head)
+    assert not torch.allclose(taken, head)
 
 
 def test_run_config_contradicting_lerobots_is_refused(tmp_path, tokenizer_dir):
@@ -355,14 +361,10 @@ def test_run_config_contradicting_lerobots_is_refused(tmp_path, tokenizer_dir):
 # ---- pirl -> lerobot / openpi ----------------------------------------------------------
 @pytest.mark.parametrize("kind", ["pi0", "pi05"])
 def test_pirl_lerobot_export_loads_strictly_in_lerobot(tmp_path, tokenizer_dir, kind):
-    lr = _lerobot_policy(kind, seed=8)
-    folder = _save_lerobot(lr, kind, tmp_path / "lerobot", tokenizer_dir, seed=8)
-    with pytest.warns(UserWarning):
-        policy = build_pi0_policy(_run_config(kind, folder))
+    _, _, policy = _pirl_from_lerobot(tmp_path, tokenizer_dir, kind, seed=8)
     with torch.no_grad():  # RL-tuned stand-in: every pirl weight moved
         for p in policy.model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    policy.eval()
     with pytest.warns(UserWarning, match="lerobot 0.6.1 builds only gemma_2b"):
         out = policy.export(tmp_path / "export", "lerobot")
     cls = modeling_pi0.PI0Policy if kind == "pi0" else modeling_pi05.PI05Policy
@@ -393,11 +395,7 @@ def test_pirl_lerobot_export_loads_strictly_in_lerobot(tmp_path, tokenizer_dir, 
 
 @pytest.mark.parametrize("kind", ["pi0", "pi05"])
 def test_pirl_openpi_export_loads_with_openpis_strict_loader(tmp_path, tokenizer_dir, kind):
-    lr = _lerobot_policy(kind, seed=11)
-    folder = _save_lerobot(lr, kind, tmp_path / "lerobot", tokenizer_dir, seed=11)
-    with pytest.warns(UserWarning):
-        policy = build_pi0_policy(_run_config(kind, folder))
-    policy.eval()
+    _, _, policy = _pirl_from_lerobot(tmp_path, tokenizer_dir, kind, seed=11)
     out = policy.export(tmp_path / "openpi", "openpi")
     port = _lerobot_policy(kind, seed=12)  # fresh weights, overwritten by the load below
     pg = port.model.paligemma_with_expert.paligemma

@@ -32,6 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from pirl.models.io import read_json, tensor_mismatches
 from pirl.models.pi0 import checkpoint_lerobot as lerobot
 from pirl.models.pi0.checkpoint_jax import OrbaxError, flatten_params, jax_to_pirl, params_dir, read_orbax
 from pirl.models.pi0.configuration import GEMMA_2B, GEMMA_300M, Pi0Config
@@ -110,10 +111,7 @@ def detect_format(path: str | Path) -> str:
 
 
 def _read_json(p: Path) -> dict:
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {p}: {e}") from e
+    return read_json(p, CheckpointError)
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -190,18 +188,7 @@ def validate(model: Pi0Model, tensors: dict[str, torch.Tensor], fmt: str) -> Non
     expected = model_tensors(model)
     missing = sorted(k for k in expected if k not in tensors and not (fmt != PIRL and PIRL_ONLY.match(k)))
     unexpected = sorted(k for k in tensors if k not in expected and k not in IGNORED)
-    shapes = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-                    for k, v in tensors.items() if k in expected and v.shape != expected[k].shape)
-    # Floating tensors may change precision (openpi stores bf16 and fp32 side by side);
-    # a non-float tensor where the model has a float one (or the reverse) is corruption.
-    dtypes = sorted(f"{k}: checkpoint {v.dtype} vs model {expected[k].dtype}"
-                    for k, v in tensors.items() if k in expected
-                    and v.dtype.is_floating_point != expected[k].dtype.is_floating_point)
-    problems = []
-    for name, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes),
-                        ("wrong dtype", dtypes)):
-        if items:
-            problems.append(f"{len(items)} {name}: " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+    problems = tensor_mismatches(expected, tensors, missing, unexpected)
     if problems:
         raise CheckpointError(f"{fmt} checkpoint does not match the model: " + "; ".join(problems))
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from pirl.models.io import read_json
 from pirl.models.pi0.configuration import GEMMA_2B, GEMMA_300M, Pi0Config
 from pirl.models.pi0.normalize import (IDENTITY, LEROBOT, LEROBOT_EPS, MINMAX, QUANTILE, ZSCORE, NormStats,
                                        to_convention)
@@ -49,13 +50,6 @@ SLOT_IS_WRIST = (False, True, True)
 
 class LerobotError(ValueError):
     pass
-
-
-def read_json(p: Path) -> dict:
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise LerobotError(f"cannot read {p}: {e}") from e
 
 
 def image_features(meta: dict) -> list[str]:
@@ -145,8 +139,8 @@ def read_processing(path: str | Path, action_env_dim: int | None) -> Processing:
     pre_file, post_file = path / PREPROCESSOR, path / POSTPROCESSOR
     if not pre_file.is_file():
         return Processing(None, None, None)
-    pre = read_json(pre_file)
-    post = read_json(post_file) if post_file.is_file() else {}
+    pre = read_json(pre_file, LerobotError)
+    post = read_json(post_file, LerobotError) if post_file.is_file() else {}
     tok = _step(pre, "tokenizer_processor")
     norm, unnorm = _step(pre, "normalizer_processor"), _step(post, "unnormalizer_processor")
     stats = None
