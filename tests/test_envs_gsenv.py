@@ -136,7 +136,7 @@ CPU_RUN = ("actor.model.model_path=null", "actor.model.openpi.config_name=pi05_t
            "env.eval.total_num_envs=1", "env.train.max_episode_steps=10", "env.eval.max_episode_steps=10",
            "algorithm.rollout_epoch=1", "algorithm.update_epoch=1", "actor.micro_batch_size=2",
            "actor.global_batch_size=2", "runner.max_epochs=1", "runner.val_check_interval=0", "runner.save_interval=0",
-           "runner.eval_before_train=False")
+           "runner.eval_before_train=False", "cluster.num_gpus_per_node=1")
 
 
 @pytest.mark.dist
