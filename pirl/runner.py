@@ -60,7 +60,8 @@ class Runner:
                                  rank=dist.rank)
         # The same seed on every rank: ZeRO-3 partitions each rank's own initial tensors.
         _seed_everything(int(cfg.runner.seed))
-        policy = build_policy(model_cfg, state_dim=self.envs[0].state_dim).to(dist.device)
+        policy = build_policy(model_cfg, state_dim=self.envs[0].state_dim,
+                              sampling=cfg.rollout.sampling_params).to(dist.device)
         self.rollout_policy: Policy = copy.deepcopy(policy).eval().requires_grad_(False)
         self.schema = rollout_schema(policy, self.chunk, int(model_cfg.action_dim))
         self.samples_per_rank = int(algo.rollout_epoch) * self.n_chunks * envs_per_rank
