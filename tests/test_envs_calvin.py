@@ -477,3 +477,19 @@ def test_experiment_config_with_each_env_group(tmp_path, monkeypatch, group, tra
     sizes = derived_sizes(cfg, 8)
     assert sizes["samples_per_rollout"] == 64 * 8 * (480 // 5) == 49152
     assert sizes["envs_per_env_rank"] == 8
+
+
+def test_training_logs_report_the_average_length():
+    """The runner's episode means carry CALVIN's avg_len next to the seeds' metrics."""
+    from pirl.runner import _finished_episodes, episode_means
+
+    env = vec_env("standin", num_envs=2, max_steps=5)
+    try:
+        env.reset(seed=CHAIN)
+        change_scene(envs_of(env)[0].sim, *SCENE_CHANGES["turn_off_led"])
+        _, _, _, _, infos = env.chunk_step(still(2))  # both truncated at step 5; env 0 did one subtask
+        means = episode_means(_finished_episodes(infos, env.task_names))
+    finally:
+        env.close()
+    assert means["env/avg_len"] == 0.5 and means["env/scene_D/avg_len"] == 0.5
+    assert means["env/success_once"] == 0.0 and means["env/num_episodes"] == 2
