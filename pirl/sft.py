@@ -126,9 +126,9 @@ def warm_start(cfg, episodes_per_env: int, num_envs: int = 16, noise: float = 0.
     torch.manual_seed(seed)
     model_cfg = cfg.actor.model.copy() if hasattr(cfg.actor.model, "copy") else cfg.actor.model
     model_cfg.model_path = None
-    policy = build_policy(model_cfg, state_dim=env.state_dim)
+    policy = build_policy(model_cfg, state_dim=env.state_dim, sampling=cfg.rollout.sampling_params)
     processor = getattr(policy, "processor", None)  # π0's observation pipeline; flow_mlp has none
-    if processor is not None and processor.norm_stats is None:
+    if model_cfg.model_type == "openpi" and processor is not None and processor.norm_stats is None:
         processor.norm_stats = demo_norm_stats(policy, observations, actions)
     losses = train_flow_matching(policy, observations, actions, steps, lr, seed=seed)
     return policy.eval(), losses

@@ -101,11 +101,12 @@ class VideoConfig:
 class EnvSplitConfig:
     """One env split (`env.train` or `env.eval`), the reference system's env group."""
 
-    env_type: str = "reach2d"  # reach2d | maniskill | libero | metaworld (pirl.envs.SIMULATORS)
+    env_type: str = "reach2d"  # reach2d | maniskill | libero | metaworld | calvin | gsenv (pirl.envs.SIMULATORS)
     # libero: libero_spatial | libero_object | libero_goal | libero_10 | libero_90 (pirl:
     # "<suite>:<task index>" for one task); metaworld: metaworld_50 | metaworld_45_ind (ML45's
-    # 45 train tasks) | metaworld_45_ood (its 5 held out) (pirl: MT10, or a task: reach-v3).
-    # ManiSkill names its task in init_params.id.
+    # 45 train tasks) | metaworld_45_ood (its 5 held out) (pirl: MT10, or a task: reach-v3);
+    # calvin: calvin_abc | calvin_d | calvin_abcd. ManiSkill and GSEnv name their task in
+    # init_params.id.
     task_suite_name: Optional[str] = None
     total_num_envs: int = 16  # across all env ranks
     rollout_epoch: int = 1  # rollouts of every env per iteration (eval: 1)
@@ -136,6 +137,7 @@ class EnvSplitConfig:
     # Simulator constructor options (pirl.envs: each simulator names the keys it takes),
     # e.g. libero camera_heights / camera_widths, maniskill id / control_mode / sim_backend.
     init_params: dict = field(default_factory=dict)
+    calvin_root: Optional[str] = None  # CALVIN: git checkout of mees/calvin (with calvin_env); null: $CALVIN_ROOT
 
 
 @dataclass
@@ -156,15 +158,29 @@ class RolloutModelConfig:
 
 
 @dataclass
+class SamplingParamsConfig:
+    """How a token policy (OpenVLA-OFT) draws its action bins; the actor re-scores the stored
+    bins under the same train-time filter (pirl/models/oft/sampling.py)."""
+
+    do_sample: bool = True  # False: greedy (argmax) in rollout and eval
+    temperature_train: float = 1.0  # > 0: rollout temperature, also of the actor's log-probs
+    temperature_eval: float = 1.0  # eval temperature; <= 0: greedy eval
+    top_k: int = -1  # keep the k most probable bins; <= 0: all
+    top_p: float = 1.0  # nucleus: the most probable bins holding this mass, in (0, 1]
+    repetition_penalty: float = 1.0  # parallel decoding repeats no tokens: only 1.0 is taken
+
+
+@dataclass
 class RolloutConfig:
     group_name: str = "RolloutGroup"  # worker-group name, informational
     pipeline_stage_num: int = 1  # split each env rank's envs into S groups, pipelined
     enable_offload: bool = False  # move rollout weights off the device while the actor trains
     generation_backend: str = "huggingface"  # pirl samples with its own torch model: only huggingface is taken
     recompute_logprobs: bool = False  # True: recompute old log-probs with the actor: only False is taken
-    unnorm_key: Optional[str] = None  # OpenVLA dataset-statistics key; not read by flow policies
+    unnorm_key: Optional[str] = None  # the reference's rollout copy of actor.model.unnorm_key; not read
     mode: str = "colocate"  # informational: cluster.component_placement decides
     model: RolloutModelConfig = field(default_factory=RolloutModelConfig)
+    sampling_params: SamplingParamsConfig = field(default_factory=SamplingParamsConfig)  # token policies
 
 
 @dataclass
@@ -218,12 +234,28 @@ class OpenPIConfig:
     delta_action_mask: Optional[list] = None  # per action dim: True where actions are deltas of the state
     train_augment: bool = False  # train-time image augmentation in the processor
     lora_targets: list = field(default_factory=lambda: ["vlm"])  # towers with LoRA: vlm, expert, vision
-    checkpoint_format: Optional[str] = None  # pirl | openpi | lerobot; null: detected from the files
+    checkpoint_format: Optional[str] = None  # pirl | openpi | openpi_jax | lerobot; null: detected from the files
+
+
+@dataclass
+class OFTModelConfig:
+    """pirl's OpenVLA-OFT settings (model_type openvla_oft); the reference system's own OFT
+    keys sit flat in actor.model."""
+
+    config_name: str = "openvla_7b"  # size preset (pirl/models/oft/configuration.py): openvla_7b | oft_tiny
+    attention: str = "bidirectional"  # bidirectional (OFT's parallel decoding) | causal (OpenVLA's)
+    normalization: str = "bounds_q99"  # bounds_q99 | bounds (min/max) | none (a model without statistics)
+    lora_targets: list = field(default_factory=lambda: ["decoder", "lm_head", "vision", "projector"])  # is_lora towers
+    gripper: str = "none"  # none | libero (gripper g in [0, 1] -> -sign(2g - 1), LIBERO's convention)
+    tokenizer_path: Optional[str] = None  # Llama SentencePiece tokenizer.model; null: the checkpoint's (bytes without one)
+    statistics_path: Optional[str] = None  # dataset_statistics.json to use instead of the checkpoint's
+    vision: Optional[list] = None  # per-tower ViTSpec overrides of the preset, e.g. [{depth: 2}, {depth: 2}]
+    llm: Optional[dict] = None  # LlamaSpec overrides of the preset, e.g. {num_layers: 4}
 
 
 @dataclass
 class ModelConfig:
-    model_type: str = "flow_mlp"  # flow_mlp | openpi
+    model_type: str = "flow_mlp"  # flow_mlp | openpi | openvla_oft
     model_name: Optional[str] = None  # the reference's second spelling of model_type; must equal it
     model_path: Optional[str] = None  # checkpoint directory to load; must exist when set
     # fp32 | bf16 | fp16; null: the model's own (openpi: bf16, as openpi loads π0; flow_mlp: fp32)
@@ -231,7 +263,9 @@ class ModelConfig:
     action_dim: int = 7  # env action dims
     num_action_chunks: int = 4  # executed actions per chunk (C)
     num_steps: int = 4  # denoising steps K
-    use_proprio: bool = True  # the robot state is an input (π0 always reads it: only True is taken)
+    # The robot state as an input; null: the model's own (π0 and flow_mlp always read it, only
+    # null / True is taken for them; OpenVLA-OFT official: a proprio token after the patches).
+    use_proprio: Optional[bool] = None
     prediction: str = "sample"  # flow_mlp output: sample (x̂0, v derived) | velocity (v directly)
     hidden_dim: int = 128  # flow_mlp width
     num_layers: int = 3  # flow_mlp depth
@@ -242,6 +276,24 @@ class ModelConfig:
     trainable: list = field(default_factory=list)  # regexes of trainable params; empty = all the builder left trainable
     frozen: list = field(default_factory=list)  # regexes of frozen params (applied after)
     openpi: OpenPIConfig = field(default_factory=OpenPIConfig)
+    # OpenVLA-OFT (model_type openvla_oft), the reference system's model/openvla_oft.yaml keys:
+    implement_version: str = "rlinf"  # rlinf (RLinf's checkpoints) | official (moojink/openvla-oft: FiLM, proprio)
+    value_type: str = "action_level"  # critic outputs: action_level (one per executed action) | chunk_level
+    proprio_dim: int = 8  # proprio state dims (use_proprio)
+    use_film: bool = False  # official: FiLM of the vision blocks by the prompt
+    unnorm_key: Optional[str] = None  # dataset of dataset_statistics.json (or <key>_no_noops); null: the only one
+    center_crop: bool = False  # crop the central 90% of the image area, resized back (OFT's eval crop)
+    max_prompt_length: int = 50  # prompt tokens incl. <s> and the final "▁", left-padded
+    num_images_in_input: int = 1  # cameras: main, then wrist
+    vocab_size: Optional[int] = None  # Llama's tokenizer vocabulary; checked against the model when set
+    hidden_size: Optional[int] = None  # Llama width; checked against the model when set
+    image_size: Optional[list] = None  # [S, S]; checked against the model when set
+    lora_path: Optional[str] = None  # peft adapter folder folded into model_path's weights at load
+    attn_implementation: str = "sdpa"  # sdpa | eager (flash_attention_2 cannot take OFT's bidirectional mask)
+    low_cpu_mem_usage: bool = True  # informational: pirl loads tensors straight into the built model
+    trust_remote_code: bool = False  # informational: pirl builds OpenVLA from transformers blocks, no remote code
+    policy_setup: str = "widowx_bridge"  # informational: ManiSkill's gripper mapping lives in the env adapter
+    oft: OFTModelConfig = field(default_factory=OFTModelConfig)
 
 
 @dataclass

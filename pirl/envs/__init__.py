@@ -1,5 +1,5 @@
 """Env adapters behind one protocol (pirl/envs/base.py): reach2d (built in), ManiSkill3,
-LIBERO, MetaWorld. `make_env` is the one entry the runner uses.
+LIBERO, MetaWorld, CALVIN, GSEnv. `make_env` is the one entry the runner uses.
 
 Simulator envs are `pirl.envs.chunked.ChunkedVecEnv`s over a backend: all envs in this
 process (`num_workers: 0`), or spread over `num_workers` worker processes that are restarted
@@ -16,9 +16,16 @@ the simulator's constructor options `init_params` (INIT_PARAMS):
     libero:     camera_heights, camera_widths (128; equal), assets_path, reflections (true),
                 fast_render (true), settle_steps (10)
     metaworld:  camera_heights, camera_widths (128; equal), camera_name (corner2)
+    calvin:     camera_heights, camera_widths (the static camera, 200), wrist_image_size (84),
+                instructions (train | validation), subtask_max_steps (null | 360), num_sequences
+                (1000), use_egl (false); the checkout: env.<split>.calvin_root
+    gsenv:      id (PutCubeOnPlate-v0), assets_path, control_mode, state_mode, sim_backend,
+                render_backend (auto | torch | gsplat), cache_table, camera, camera_widths (the
+                4:3 image's width, 640) (pirl/envs/gsenv/env.py)
 Tasks: libero: task_suite_name, a suite or "<suite>:<index>"; metaworld: task_suite_name,
 metaworld_50 / metaworld_45_ind / metaworld_45_ood (the reference's names), MT10, MT50, ML45,
-ML45:test or one task (reach-v3); maniskill: init_params.id.
+ML45:test or one task (reach-v3); calvin: task_suite_name, calvin_abc, calvin_d or calvin_abcd
+(scenes; pirl/envs/calvin.py); maniskill, gsenv: init_params.id.
 Multi-task envs get tasks by GRPO group: group g runs task g % num_tasks.
 """
 from __future__ import annotations
@@ -27,7 +34,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-SIMULATORS = ("reach2d", "maniskill", "libero", "metaworld")
+SIMULATORS = ("reach2d", "maniskill", "libero", "metaworld", "calvin", "gsenv")
 
 # init_params keys each simulator takes (besides the common ones); anything else is a typo.
 COMMON_INIT_PARAMS = ("render", "worker_timeout_s")
@@ -36,6 +43,10 @@ INIT_PARAMS = {
     "maniskill": ("id", "control_mode", "state_mode", "sim_backend", "camera", "sensor_configs"),
     "libero": ("camera_heights", "camera_widths", "assets_path", "reflections", "fast_render", "settle_steps"),
     "metaworld": ("camera_heights", "camera_widths", "camera_name"),
+    "calvin": ("camera_heights", "camera_widths", "wrist_image_size", "instructions", "subtask_max_steps",
+               "num_sequences", "use_egl"),
+    "gsenv": ("id", "assets_path", "control_mode", "state_mode", "sim_backend", "render_backend", "cache_table",
+              "camera", "camera_widths"),
 }
 DEFAULT_IMAGE_SIZE = 128
 
@@ -56,10 +67,13 @@ def check_init_params(env_type: str, params: dict) -> str | None:
 
 
 def image_size(env_type: str, params: dict) -> int:
-    """The (square) camera size an env's init_params ask for."""
+    """The (square; GSEnv: 4:3) camera size an env's init_params ask for."""
     if env_type == "reach2d":
         h = w = params.get("image_size", 64)
         names = "image_size"
+    elif env_type == "gsenv":  # the calibrated camera's width; its height is 3/4 of it
+        h = w = params.get("camera_widths", 640)
+        names = "camera_widths"
     elif env_type == "maniskill":
         sensors = params.get("sensor_configs") or {}
         h, w = sensors.get("height", DEFAULT_IMAGE_SIZE), sensors.get("width", DEFAULT_IMAGE_SIZE)
@@ -162,8 +176,24 @@ def _make_backend(kind: str, split_cfg: Any, params: dict, size: int, num_envs: 
         # ManiSkill's CPU backend allows one env per process: one worker per env by default.
         return WorkerBackend(ms.ManiSkillFactory(tasks, group_size, **kwargs), num_envs,
                              num_workers or num_envs, timeout_s=timeout_s)
+    if kind == "gsenv":
+        from pirl.envs.gsenv.env import make_backend
+
+        return make_backend(params.get("id"), params, size, render, num_envs, num_workers, timeout_s)
     factory: Callable[[int], Any]  # env index -> one simulator env
-    if kind == "metaworld":
+    if kind == "calvin":
+        from pirl.envs import calvin
+
+        suite, scenes = calvin.resolve_suite(split_cfg.task_suite_name)
+        source = calvin.CheckoutSource(split_cfg.calvin_root)  # checked here, not in a worker
+        factory = calvin.CalvinFactory(
+            source, scenes, group_size, main_size=size,
+            wrist_size=params.get("wrist_image_size", calvin.WRIST_SIZE),
+            use_egl=params.get("use_egl", False),
+            instructions=params.get("instructions") or calvin.default_instructions(suite),
+            subtask_max_steps=params.get("subtask_max_steps"),
+            num_sequences=params.get("num_sequences", calvin.NUM_SEQUENCES), render=render)
+    elif kind == "metaworld":
         from pirl.envs import metaworld as mw
 
         bench, names = mw.resolve_tasks(split_cfg.task_suite_name)
