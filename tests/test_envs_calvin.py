@@ -436,7 +436,8 @@ def test_config_validation_names_the_key(tmp_path, monkeypatch):
     from pirl.config.validate import ConfigError
 
     monkeypatch.delenv("CALVIN_ROOT", raising=False)
-    overrides = ["env.train.env_type=calvin", "env.train.task_suite_name=calvin_abc", "runner.val_check_interval=0",
+    overrides = ["env.train.env_type=calvin", "env.train.task_suite_name=calvin_abc", "~env.train.init_params",
+                 "runner.val_check_interval=0",
                  "runner.eval_before_train=false", f"env.train.calvin_root={tmp_path}"]
     with pytest.raises(ConfigError, match=r"env.train.calvin_root: .* has no .git"):
         load_config("reach2d_ppo_flow_sde", None, overrides)

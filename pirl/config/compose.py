@@ -42,7 +42,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pirl.config import reference
 from pirl.config.derived import derived_sizes, format_dry_run, world_size_of
-from pirl.config.schema import PirlConfig
+from pirl.config.schema import PirlConfig, precision_of
 from pirl.config.validate import REPO_ROOT, ConfigError, as_dict, check_paths, validate
 
 DEFAULT_CONFIG_DIR = REPO_ROOT / "configs"
@@ -347,7 +347,7 @@ def classify_overrides(texts: Sequence[str], dirs: list[Path]) -> Overrides:
 
 
 _REFERENCE_PREFIXES = tuple(f"{s}." for s in reference.REFERENCE_SECTIONS) + tuple(
-    f"actor.{k}" for k in reference.REFERENCE_ACTOR_KEYS)
+    f"actor.{k}" for k in reference.REFERENCE_ACTOR_KEYS) + tuple(f"actor.optim.{k}" for k in reference.REFERENCE_OPTIM_KEYS)
 
 
 def _yaml_value(text: str) -> Any:
@@ -594,11 +594,6 @@ def _first_unresolvable(node, prefix: str) -> tuple[str | None, Exception | None
     return None, None
 
 
-# The model's own precision when actor.model.precision is null: openpi loads π0 in bf16
-# (its selected fp32 parameters aside); flow_mlp is a small fp32 MLP.
-DEFAULT_PRECISION = {"openpi": "bf16", "flow_mlp": "fp32"}
-
-
 def load_job(config_name: str, config_path: str | None = None, overrides: Sequence[str] = (),
              world_size: int | None = None, check_files: bool = True) -> Composed:
     """Compose, resolve, validate for `world_size` ranks (default: cluster.num_nodes x
@@ -609,7 +604,7 @@ def load_job(config_name: str, config_path: str | None = None, overrides: Sequen
     job = compose(config_name, config_path, overrides)
     cfg = job.cfg
     if OmegaConf.select(cfg, "actor.model.precision") is None:
-        cfg.actor.model.precision = DEFAULT_PRECISION.get(cfg.actor.model.model_type, "fp32")
+        cfg.actor.model.precision = precision_of(cfg.actor.model)
     resolve(cfg, job.sources)
     restricted = reference.check_restricted(cfg)
     if restricted:

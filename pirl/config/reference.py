@@ -197,9 +197,11 @@ def _map_sections(ref: dict, m: Mapping, notices: list[str]) -> None:
                                         f"{section} model: {instead}")
 
 
-# Top-level sections and actor keys that exist only in the reference system.
+# Top-level sections and actor / actor.optim keys that exist only in the reference system.
 REFERENCE_SECTIONS = ("weight_syncer", "reward", "critic", "trainer")
 REFERENCE_ACTOR_KEYS = ("fsdp_config", "training_backend")
+REFERENCE_OPTIM_KEYS = ("min_lr_rate", "num_cycles", "lr_warmup_steps_ratio")
+COSINE_HALF_CYCLE = 0.5  # transformers' num_cycles of a cosine from lr down to the floor: pirl's schedule
 
 
 def split_reference(cfg: DictConfig) -> DictConfig:
@@ -216,6 +218,11 @@ def split_reference(cfg: DictConfig) -> DictConfig:
             if key in actor:
                 out.setdefault("actor", {})[key] = actor[key]
                 del actor[key]
+        optim = actor.get("optim")
+        for key in REFERENCE_OPTIM_KEYS if isinstance(optim, DictConfig) else ():
+            if key in optim:
+                out.setdefault("actor", {}).setdefault("optim", {})[key] = optim[key]
+                del optim[key]
     return OmegaConf.create(out)
 
 
@@ -238,6 +245,7 @@ def map_reference(ref: DictConfig, full: DictConfig, given: Callable[[str], bool
     m = Mapping({})
     notices: list[str] = []
     _map_sections(nested, m, notices)
+    _map_optim(nested.get("actor", {}).get("optim") or {}, tmp.actor.optim.lr, m, notices)
     for key, (value, source) in m.targets.items():
         current = OmegaConf.select(full, key)
         if given(key) and current != value:
@@ -247,6 +255,25 @@ def map_reference(ref: DictConfig, full: DictConfig, given: Callable[[str], bool
     if "trainer" in nested:
         notices.append(_map_legacy_trainer(nested["trainer"], full))
     return notices
+
+
+def _map_optim(optim: dict, lr: float, m: Mapping, notices: list[str]) -> None:
+    """The reference's scheduler keys: min_lr_rate -> actor.optim.min_lr (a fraction of lr);
+    num_cycles and lr_warmup_steps_ratio only where they describe pirl's schedule."""
+    root = "actor.optim"
+    if optim.get("min_lr_rate") is not None:
+        rate = optim["min_lr_rate"]
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
+            raise ReferenceKeyError(f"{root}.min_lr_rate", f"{root}.min_lr_rate: {rate!r} is not in [0, 1]")
+        floor = float(f"{rate * lr:.6g}")  # 0.1 x 5e-6 is 5e-07, not 5.000000000000001e-07
+        m.set(f"{root}.min_lr", floor, f"{root}.min_lr_rate")
+        notices.append(f"{root}.min_lr_rate {rate} -> {root}.min_lr {floor:g} (of lr {lr:g})")
+    if optim.get("num_cycles", COSINE_HALF_CYCLE) != COSINE_HALF_CYCLE:
+        raise ReferenceKeyError(f"{root}.num_cycles", f"{root}.num_cycles: {optim['num_cycles']!r}; pirl's cosine "
+                                f"runs once from lr down to min_lr (the reference's {COSINE_HALF_CYCLE})")
+    if optim.get("lr_warmup_steps_ratio", 0) not in (0, 0.0, None):
+        raise ReferenceKeyError(f"{root}.lr_warmup_steps_ratio", f"{root}.lr_warmup_steps_ratio: "
+                                f"{optim['lr_warmup_steps_ratio']!r}; give the warmup as {root}.lr_warmup_steps")
 
 
 def _plain(value: Any) -> Any:
@@ -367,6 +394,10 @@ def reference_notices(cfg: DictConfig) -> list[str]:
     if cfg.algorithm.reward_coef != 1.0:
         out.append(f"algorithm.reward_coef: {cfg.algorithm.reward_coef} scales nothing (neither in the "
                    f"reference system); env.train.reward_coef ({cfg.env.train.reward_coef}) scales rewards")
+    opt = cfg.actor.optim
+    if opt.lr_scheduler == "cosine" and opt.total_training_steps > 0:
+        out.append(f"actor.optim.total_training_steps: {opt.total_training_steps} optimizer steps (the reference "
+                   f"system counts iterations there; -1 derives the horizon from runner.max_epochs)")
     if cfg.rollout.unnorm_key is not None and cfg.actor.model.model_type in ("flow_mlp", "openpi"):
         out.append(f"rollout.unnorm_key: {cfg.rollout.unnorm_key!r} is an OpenVLA statistics key; "
                    f"{cfg.actor.model.model_type} normalizes with its own norm stats")

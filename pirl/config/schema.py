@@ -14,6 +14,17 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
+# The model's own precision where actor.model.precision is null (the reference's π0 groups):
+# openpi loads π0 in bf16, the reference's OpenVLA-OFT group trains in bf16, flow_mlp is a
+# small fp32 MLP.
+MODEL_PRECISION = {"openpi": "bf16", "openvla_oft": "bf16", "flow_mlp": "fp32"}
+
+
+def precision_of(model_cfg) -> str:
+    """actor.model.precision, null meaning the model's own (MODEL_PRECISION)."""
+    return model_cfg.precision or MODEL_PRECISION.get(model_cfg.model_type, "fp32")
+
+
 @dataclass
 class ClusterConfig:
     num_nodes: int = 1  # hosts in the job
@@ -306,7 +317,7 @@ class OptimConfig:
     weight_decay: float = 0.0  # AdamW decoupled decay
     clip_grad: float = 1.0  # max global grad norm (DeepSpeed gradient_clipping)
     lr_scheduler: str = "constant"  # constant | cosine
-    lr_warmup_steps: int = 0  # linear warmup, optimizer steps
+    lr_warmup_steps: int = 0  # linear warmup, optimizer steps; -1 (the reference's default): none
     min_lr: float = 0.0  # cosine floor
     total_training_steps: int = -1  # cosine horizon in optimizer steps; -1: derived
     critic_warmup_steps: int = 0  # iterations training the critic alone first: pirl has none, only 0 is taken

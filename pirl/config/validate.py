@@ -88,8 +88,9 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
         "actor.model.openpi.action_dim", "actor.model.openpi.num_images_in_input",
     )],
     *[(k, _non_negative, "a non-negative integer") for k in (
-        "env.train.num_workers", "env.eval.num_workers", "actor.optim.lr_warmup_steps",
+        "env.train.num_workers", "env.eval.num_workers",
     )],
+    ("actor.optim.lr_warmup_steps", lambda v: v >= -1, ">= -1 (-1: none, the reference's default)"),
     *[(k, _positive, "> 0") for k in (
         "algorithm.clip_ratio_low", "algorithm.clip_ratio_high", "algorithm.huber_delta",
         "algorithm.value_clip", "actor.optim.lr",
