@@ -17,7 +17,8 @@ image_size and `extra`:
     calvin:     instructions (train | validation), subtask_max_steps (null | 360), num_sequences
                 (1000), wrist_image_size (84), use_egl (false); the checkout: env.<split>.calvin_root
     gsenv:      assets_path, control_mode, state_mode, sim_backend, render_backend (auto | torch |
-                gsplat), cache_table, camera (pirl/envs/gsenv/env.py); image_size is the image width
+                gsplat), cache_table, render_bs, camera (pirl/envs/gsenv/env.py); image_size is the
+                image width
 Tasks: maniskill: an env id or a list (PickCube-v1); libero: a suite or "<suite>:<index>";
 metaworld: a task (reach-v3), MT10, MT50, ML45 (45 train tasks) or ML45:test (the 5 held out);
 calvin: calvin_abc, calvin_d or calvin_abcd (scenes; pirl/envs/calvin.py).
@@ -38,7 +39,8 @@ _EXTRA_KEYS = {
     "libero": {"assets_path", "reflections", "fast_render", "settle_steps"},
     "metaworld": {"camera_name"},
     "calvin": {"instructions", "subtask_max_steps", "num_sequences", "wrist_image_size", "use_egl"},
-    "gsenv": {"assets_path", "control_mode", "state_mode", "sim_backend", "render_backend", "cache_table", "camera"},
+    "gsenv": {"assets_path", "control_mode", "state_mode", "sim_backend", "render_backend", "cache_table", "render_bs",
+              "camera"},
 }
 
 

@@ -15,8 +15,8 @@ qvel, the end-effector controller's target pose, then the TCP, cube and plate po
 
 Options (`env.<split>.extra`): assets_path (required), control_mode
 (pd_ee_target_delta_pose, the seeds'), state_mode (joint | full), sim_backend (cpu | gpu),
-render_backend (auto | torch | gsplat), cache_table (true), camera (overrides of the
-calibrated camera, pirl.envs.gsenv.camera).
+render_backend (auto | torch | gsplat), cache_table (true), render_bs (envs per rasterizer
+call; null: all), camera (overrides of the calibrated camera, pirl.envs.gsenv.camera).
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def _aligned(s: Splats, center: bool, offset, scale) -> tuple[torch.Tensor, torc
 
 
 def build_renderer(layout: AssetLayout, camera: Camera, link_world_default: torch.Tensor, links: Sequence[str],
-                   backend: str = "auto", device: str | torch.device = "cpu", cache_table: bool = True) -> GSRenderer:
+                   backend: str = "auto", device: str | torch.device = "cpu", cache_table: bool = True,
+                   render_bs: int | None = None) -> GSRenderer:
     """The renderer of an asset folder. Foreground groups: the `links` (in order), then the
     cube and the plate. `link_world_default` (L, 4, 4): the links' world poses at the
     configuration their splats were captured at."""
@@ -77,7 +78,7 @@ def build_renderer(layout: AssetLayout, camera: Camera, link_world_default: torc
     table = SplatCloud.from_splats(t, means=t.means + torch.tensor(layout.table_offset))
     background = load_background(layout.background, camera.width, camera.height)
     return GSRenderer(fg, capture.float(), table, background, camera, make_rasterizer(backend, device), device,
-                      cache_table)
+                      cache_table, render_bs)
 
 
 class GSEnvCore:
@@ -86,7 +87,7 @@ class GSEnvCore:
     def __init__(self, assets_path: str, num_envs: int = 1, image_size: int = 160,
                  control_mode: str = "pd_ee_target_delta_pose", state_mode: str = "joint", render: bool = True,
                  sim_backend: str = "cpu", render_backend: str = "auto", cache_table: bool = True,
-                 camera: Optional[dict] = None, obs_mode: str = "state"):
+                 camera: Optional[dict] = None, obs_mode: str = "state", render_bs: Optional[int] = None):
         """obs_mode: ManiSkill's own observations ("state"; "rgb+segmentation" also renders the
         meshes with SAPIEN from the same camera, for comparing the two renders)."""
         import gymnasium as gym
@@ -117,7 +118,7 @@ class GSEnvCore:
             default = base @ link_poses(layout.urdf, layout.default_qpos, self.links)
             device = self.u.device if sim_backend == "gpu" else torch.device("cpu")
             self._renderer = build_renderer(layout, self.camera, default, self.links, render_backend, device,
-                                            cache_table)
+                                            cache_table, render_bs)
         self.state_dim = int(self.states().shape[-1])
 
     def poses(self) -> torch.Tensor:
@@ -266,7 +267,8 @@ def make_backend(task: Any, extra: dict, image_size: int, render: bool, num_envs
                   control_mode=str(extra.get("control_mode", "pd_ee_target_delta_pose")),
                   state_mode=str(extra.get("state_mode", "joint")),
                   render_backend=str(extra.get("render_backend", "auto")),
-                  cache_table=bool(extra.get("cache_table", True)), camera=extra.get("camera"))
+                  cache_table=bool(extra.get("cache_table", True)), camera=extra.get("camera"),
+                  render_bs=extra.get("render_bs"))
     sim_backend = str(extra.get("sim_backend", "gpu" if torch.cuda.is_available() else "cpu"))
     if sim_backend == "gpu":
         return GSEnvGPUBackend(name, num_envs, **kwargs)
