@@ -62,7 +62,8 @@ setup(
         # GSEnv's CUDA rasterizer; it JIT-builds its CUDA sources on first use (needs a CUDA torch).
         "gs": ["gsplat==1.5.3", TORCH],
         # orbax (with jax on the CPU) writes the openpi JAX checkpoints the tests load
+        # scipy: independent references in tests (rotations, spherical harmonics)
         "dev": ["pytest", "pytest-timeout", "pytest-instafail", "ruff==0.17.6", "mypy==2.4.1", "orbax-checkpoint",
-                "jax"],
+                "jax", "scipy"],
     },
 )
