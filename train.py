@@ -29,11 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(format_dry_run(cfg, derived_sizes(cfg, world_size or world_size_of(cfg))))
         return 0
-    from pirl.engine.dist import init_distributed
+    from pirl.engine.dist import init_distributed, shutdown
     from pirl.runner import Runner
 
     dist = init_distributed()
-    results = Runner(cfg, dist).run()
+    runner = None
+    try:
+        runner = Runner(cfg, dist)
+        results = runner.run()
+    finally:
+        # Every rank ends the same way, also after an error: envs (and their worker
+        # processes) closed, logger threads stopped, then the process group destroyed, so
+        # nothing is left to be torn down by static destructors at interpreter exit.
+        if runner is not None:
+            runner.close()
+    shutdown()
     if dist.rank == 0 and results:
         print(" ".join(f"{k}={v:.4f}" for k, v in results.items()), flush=True)
     return 0

@@ -39,6 +39,7 @@ class RunnerConfig:
     resume_dir: Optional[str] = None  # null, "auto" (latest under log_path), or a checkpoint dir
     seed: int = 1234  # base seed of the run
     eval_before_train: bool = True  # evaluate the initial policy (success "before")
+    save_policy: bool = True  # at the end, write the trained policy to <log_path>/<experiment>/policy (pirl.eval reads it)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 

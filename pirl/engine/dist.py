@@ -70,3 +70,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
         t = t.clone()
         torch.distributed.all_reduce(t)
     return t
+
+
+def shutdown() -> None:
+    """End the job's process group on every rank: a barrier (no rank leaves while another
+    still talks to it), then destroy the group. Without it the gloo / NCCL threads are torn
+    down by static destructors at interpreter exit, in no fixed order, and a rank can abort
+    with "terminate called without an active exception" (return code -6) after its work
+    is done."""
+    if torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() > 1:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
