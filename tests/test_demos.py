@@ -193,6 +193,33 @@ def test_chunk_episodes_every_frame_holds_the_last_action():
         Episode(states=np.zeros((3, 2), np.float32), actions=np.zeros((2, 2), np.float32), task_description="")
 
 
+@pytest.mark.sim
+def test_metaworld_experts_recorded_through_the_env_pipeline():
+    """Scripted experts succeed; what was recorded is what the env shows at those states."""
+    from pirl.config import load_config
+    from pirl.demos.experts import record_metaworld_experts
+    from pirl.envs import make_env
+
+    cfg = load_config("metaworld_quickstart_ppo_openpi", overrides=["env.train.task=[reach-v3,handle-press-v3]",
+                                                                     "env.train.image_size=32"])
+    eps, failed = record_metaworld_experts(cfg.env.train, episodes_per_task=2, num_envs=4, seed=0, seed_offset=10)
+    assert failed == 0 and sorted(e.task_name for e in eps) == ["handle-press-v3"] * 2 + ["reach-v3"] * 2
+    for e in eps:
+        T = len(e.states)
+        assert 5 < T < int(cfg.env.train.max_episode_steps) and e.actions.shape == (T, 4)
+        assert e.main_images.shape == (T, 32, 32, 3) and np.abs(e.actions).max() <= 1.0
+    # the first frame of env i is the reset observation of seed offset + i, rendered by make_env
+    env = make_env(dict(cfg.env.train) | {"auto_reset": False}, 4, seed=10)
+    obs = env.reset(seed=10)
+    env.close()
+    first = {(e.task_name, e.states[0].tobytes()): e for e in eps}
+    for i in range(4):
+        e = first[(env.task_names[i], obs["states"][i].numpy().tobytes())]
+        np.testing.assert_array_equal(e.main_images[0], obs["main_images"][i].numpy())
+    d = chunk_episodes(eps, 4)
+    assert len(d) == sum(len(e.states) for e in eps) and d.observations["main_images"].shape[1:] == (32, 32, 3)
+
+
 def _sft(config, out: Path, demos: str, *overrides, steps=40):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "pirl.sft", "--config-name", config, "--out", str(out),
@@ -231,6 +258,7 @@ LIBERO_SHAPED = ["env=libero", "env.train.task=libero_spatial:0", "actor.model.a
                  "actor.ds_config=ds_configs/zero2.json"]
 
 
+@pytest.mark.dist
 def test_sft_on_a_lerobot_dataset(tmp_path):
     rng = np.random.default_rng(3)
     lengths = [12, 10, 14, 8]
@@ -247,6 +275,7 @@ def test_sft_on_a_lerobot_dataset(tmp_path):
     assert list((tmp_path / "logs" / "metaworld_quickstart_ppo_openpi_sft" / "tensorboard").iterdir())
 
 
+@pytest.mark.dist
 def test_sft_on_libero_hdf5(tmp_path):
     rng = np.random.default_rng(4)
     lengths = [11, 9, 13]
@@ -259,6 +288,7 @@ def test_sft_on_libero_hdf5(tmp_path):
                       lengths)
 
 
+@pytest.mark.dist
 def test_sft_refuses_demos_of_another_env(tmp_path):
     rng = np.random.default_rng(5)
     write_libero_hdf5(tmp_path / "demos.hdf5", rng, [5])

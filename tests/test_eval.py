@@ -137,6 +137,7 @@ def test_norm_stats_of_other_dims_are_refused(tmp_path):
         check_fits(tmp_path, cfg, 39, stats)
 
 
+@pytest.mark.dist
 def test_eval_cli_refuses_a_mismatched_checkpoint_before_any_env(tmp_path):
     cfg = load_config("reach2d_learn_ppo_flow_sde")
     ckpt = _save_flow_mlp_checkpoint(tmp_path, cfg)
@@ -149,6 +150,7 @@ def test_eval_cli_refuses_a_mismatched_checkpoint_before_any_env(tmp_path):
     assert not (tmp_path / "eval").exists()
 
 
+@pytest.mark.dist
 def test_eval_cli_report_on_reach2d(tmp_path):
     cfg = load_config("reach2d_learn_ppo_flow_sde")
     ckpt = _save_flow_mlp_checkpoint(tmp_path, cfg)
