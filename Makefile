@@ -25,7 +25,7 @@ SIM_DEP  := $(VENV)/.metaworld-installed
 endif
 EVAL_ARGS ?= --episodes 10
 
-.PHONY: install sim metaworld train test test-fast clean
+.PHONY: install sim metaworld train test test-fast lint clean
 install: $(VENV)/.pirl-installed
 sim: $(VENV)/.sim-installed
 metaworld: $(VENV)/.metaworld-installed
@@ -57,12 +57,19 @@ train: install $(SIM_DEP)
 	$(PY) -m pirl.eval --config-name $(CONFIG) --checkpoint $(RUN)/$(CONFIG)/policy --out $(RUN)/eval_rl $(EVAL_ARGS)
 	$(PY) -m pirl.eval --compare $(RUN)/eval_sft/eval.json $(RUN)/eval_rl/eval.json --out $(RUN)/before_after.md
 
-test: install sim
-	$(PY) -m pytest -q --instafail tests $(ARGS)
+FAST := not sim and not dist and not e2e and not cluster and not parity
 
-# Everything but the simulator tiers (no apt, no simulator packages).
+test: install sim
+	$(PY) -m pytest -q --instafail -m "not parity" tests $(ARGS)
+
+# The fast tier (pytest.ini markers): no simulators, no multi-process or daemon tiers.
 test-fast: install
-	$(PY) -m pytest -q --instafail tests --ignore-glob='tests/test_envs_[mlc]*' $(ARGS)
+	$(PY) -m pytest -q --instafail -m "$(FAST)" tests $(ARGS)
+
+# ruff (ruff.toml) over everything, mypy (mypy.ini) over the package, kernels and benches.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .cache results

@@ -54,6 +54,7 @@ setup(
         "metaworld": ["metaworld==3.1.1", "mujoco==3.3.0", "packaging"],
         "gpu": ["flash-attn"],
         # pyarrow / pandas / av: LeRobotDataset demonstrations (parquet + mp4); h5py: LIBERO's HDF5
-        "dev": ["pytest", "pytest-timeout", "pytest-instafail", "pyarrow", "pandas", "av", "h5py"],
+        "dev": ["pytest", "pytest-timeout", "pytest-instafail", "ruff==0.17.6", "mypy==2.4.1",
+                "pyarrow", "pandas", "av", "h5py"],
     },
 )

@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(format_dry_run(cfg, derived_sizes(cfg, world_size or world_size_of(cfg))))
         return 0
+    from pirl.checkpoint import CheckpointError
     from pirl.engine.dist import init_distributed, shutdown
     from pirl.runner import Runner
 
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runner = Runner(cfg, dist)
         results = runner.run()
+    except CheckpointError as e:  # a damaged or incompatible checkpoint: one message, every rank
+        print(f"checkpoint error: {e}", file=sys.stderr)
+        return 2
     finally:
         # Every rank ends the same way, also after an error: envs (and their worker
         # processes) closed, logger threads stopped, then the process group destroyed, so

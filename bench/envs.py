@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=5, help="actions per chunk (one render per chunk)")
     p.add_argument("--chunks", type=int, default=8, help="timed chunk steps per case")
     args = p.parse_args()
-    rows = []
+    rows: list[tuple[str, str, str, int, int, float]] = []  # sim, observation, px, workers, chunk, steps/s
     for sim in args.sims:
         for w in args.workers:
             cases = [("state", 64, False, args.chunk, True)]
@@ -75,8 +75,8 @@ def main() -> None:
                       flush=True)
     print("\n| simulator | observation | px | workers | chunk | env steps/s |")
     print("|---|---|---|---|---|---|")
-    for sim, mode, size, w, chunk, sps in rows:
-        print(f"| {sim} | {mode} | {size} | {w} | {chunk} | {sps:.1f} |")
+    for sim, mode, px, w, chunk, sps in rows:
+        print(f"| {sim} | {mode} | {px} | {w} | {chunk} | {sps:.1f} |")
 
 
 if __name__ == "__main__":

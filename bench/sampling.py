@@ -25,7 +25,10 @@ from pirl.models.pi0.configuration import preset
 from pirl.models.pi0.modeling import Pi0Model
 
 
-def make_inputs(cfg, B: int, gen: torch.Generator):
+Prefix = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, image_masks, tokens, token_masks
+
+
+def make_inputs(cfg, B: int, gen: torch.Generator) -> tuple[Prefix, torch.Tensor, torch.Tensor]:
     S, L = cfg.vision.image_size, cfg.max_token_len
     images = torch.rand(B, len(cfg.image_keys), 3, S, S, generator=gen) * 2 - 1
     image_masks = torch.ones(B, len(cfg.image_keys), dtype=torch.bool)
@@ -37,7 +40,7 @@ def make_inputs(cfg, B: int, gen: torch.Generator):
 
 
 @torch.no_grad()
-def sample_cached(model: Pi0Model, prefix, state, noise, K: int) -> torch.Tensor:
+def sample_cached(model: Pi0Model, prefix: Prefix, state, noise, K: int) -> torch.Tensor:
     _, kv, pad = model.prefix_forward(*prefix)
     x = noise
     for k in range(K):
@@ -47,7 +50,7 @@ def sample_cached(model: Pi0Model, prefix, state, noise, K: int) -> torch.Tensor
 
 
 @torch.no_grad()
-def sample_recompute(model: Pi0Model, prefix, state, noise, K: int) -> torch.Tensor:
+def sample_recompute(model: Pi0Model, prefix: Prefix, state, noise, K: int) -> torch.Tensor:
     x = noise
     for k in range(K):
         t = torch.full((x.shape[0],), 1.0 - k / K)

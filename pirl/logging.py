@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 from omegaconf import OmegaConf
 
@@ -56,10 +57,10 @@ class MetricLogger:
         if "wandb" in backends:
             import wandb
 
-            mode = str(lcfg.wandb_mode)
+            mode: Any = lcfg.wandb_mode  # online | offline | disabled, validated with the config
             if mode == "auto":
                 mode = "online" if os.environ.get("WANDB_API_KEY") and _online() else "offline"
-            self.wandb = wandb.init(project=lcfg.project_name, name=lcfg.experiment_name, config=plain_cfg,
+            self.wandb = wandb.init(project=lcfg.project_name, name=lcfg.experiment_name, config=cast(dict, plain_cfg),
                                     dir=str(self.log_dir), mode=mode, reinit=True)
         if "swanlab" in backends:
             try:

@@ -103,7 +103,7 @@ class Runner:
         self.iteration = 0
         self.global_step = 0
         self.obs: list | None = None
-        self.ckpt = CheckpointManager(cfg, dist)
+        self.ckpt = CheckpointManager(cfg, dist, log=self.logger.info)
 
     # ---- rollout ------------------------------------------------------------------------
     def _reset_seed(self, stage: int, epoch: int) -> int:
@@ -278,8 +278,9 @@ class Runner:
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> dict[str, float]:
         cfg = self.cfg.runner
-        if self.ckpt.resume_path() is not None:
-            self.load(self.ckpt.resume_path())
+        resume = self.ckpt.resume_path()
+        if resume is not None:
+            self.load(resume)
         results: dict[str, float] = {}
         if bool(cfg.eval_before_train) and self.iteration == 0:
             results["success_before"] = self.evaluate()["eval/success_once"]

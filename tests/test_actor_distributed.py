@@ -10,6 +10,8 @@ import torch
 
 from pirl.engine.dist import free_port
 
+pytestmark = pytest.mark.dist
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "dist" / "zero_equivalence.py"
 STEPS = 4

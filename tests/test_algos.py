@@ -149,7 +149,7 @@ def test_normalize_advantages_across_ranks_equals_one_rank():
         normalize_advantages(a, m, reduce_sum=lambda t: local.append(t) or t)
     for r, (a, m) in enumerate(parts):
         other = local[1 - r]
-        out = normalize_advantages(a, m, reduce_sum=lambda t: t + other)
+        out = normalize_advantages(a, m, reduce_sum=lambda t, other=other: t + other)
         close(out, full[:, :3] if r == 0 else full[:, 3:])
 
 

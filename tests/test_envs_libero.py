@@ -22,6 +22,8 @@ from pirl.envs.libero import (  # noqa: E402
     resolve_tasks,
 )
 
+pytestmark = pytest.mark.sim
+
 SIZE = 64
 CHUNK = 2
 

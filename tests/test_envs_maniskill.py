@@ -11,6 +11,8 @@ from pirl.config.schema import EnvSplitConfig
 from pirl.envs import make_env
 from pirl.envs.maniskill import check_task_assets, make_gym_env
 
+pytestmark = pytest.mark.sim
+
 SIZE = 64
 CHUNK = 3
 

@@ -16,6 +16,8 @@ from pirl.envs import make_env  # noqa: E402
 from pirl.envs.chunked import episode_seed  # noqa: E402
 from pirl.envs.metaworld import resolve_tasks  # noqa: E402
 
+pytestmark = pytest.mark.sim
+
 SIZE = 64
 CHUNK = 4
 

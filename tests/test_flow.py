@@ -341,7 +341,7 @@ def exact_chain_moments(K, a, m, s, stochastic=True):
     return mu, var
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sde_samples(K, a):
     """(N, 3) fp64 final actions of a K-step all-stochastic SDE chain; cached because the
     long chains are shared by several tests."""

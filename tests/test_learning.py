@@ -129,6 +129,8 @@ def run_experiment(name: str, tmp: Path, iterations: int) -> tuple[float, float]
     return before, after
 
 
+@pytest.mark.e2e
+@pytest.mark.dist
 @pytest.mark.parametrize("name", list(BUDGETS))
 def test_rl_raises_reach2d_success(name, tmp_path):
     iterations, target = BUDGETS[name]

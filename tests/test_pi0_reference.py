@@ -160,7 +160,8 @@ def ref_velocity(sd, cfg, images, image_masks, tokens, token_masks, state, x_t, 
             y = seg @ sd[pre + "self_attn.o_proj.weight"].T
             x = x + (y if gates[j] is None else y * gates[j])
             h, gate = ref_norm(sd, pre + "post_attention_layernorm", x, c)
-            y = (gelu_tanh(h @ sd[pre + "mlp.gate_proj.weight"].T) * (h @ sd[pre + "mlp.up_proj.weight"].T)) @ sd[pre + "mlp.down_proj.weight"].T
+            gated = gelu_tanh(h @ sd[pre + "mlp.gate_proj.weight"].T) * (h @ sd[pre + "mlp.up_proj.weight"].T)
+            y = gated @ sd[pre + "mlp.down_proj.weight"].T
             outs.append(x + (y if gate is None else y * gate))
         xs = outs
     out, _ = ref_norm(sd, EX + "norm", xs[1], cond)

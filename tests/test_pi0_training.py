@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.e2e, pytest.mark.dist]
+
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE = re.compile(r"eval before training: success ([0-9.]+)")
 EVAL = re.compile(r"^iter (\d+) \|.*eval/success_once=([0-9.]+)", re.M)

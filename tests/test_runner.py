@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.dist
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["env.train.total_num_envs=32", "env.eval.total_num_envs=8", "actor.micro_batch_size=32",
@@ -56,7 +59,8 @@ def test_checkpoints_atomic_and_pruned(tmp_path):
     assert names == ["iter_000002", "iter_000003", "latest"]
     assert (root / "latest").read_text() == "iter_000003"
     assert (root / "iter_000003" / "config.yaml").is_file()
-    assert (root / "iter_000003" / "runner_rank0.pt").is_file()
+    assert (root / "iter_000003" / "runner_rank0.json").is_file()
+    assert (root / "iter_000003" / "manifest.json").is_file()
 
 
 def test_metrics_reach_tensorboard_and_wandb(tmp_path):

@@ -13,7 +13,7 @@ All math runs in fp32 (fp64 inputs stay fp64, so references and gradcheck can us
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -73,7 +73,7 @@ def compute_gae(
         raise ValueError("compute_gae needs truncations and final_values together (or neither)")
     r, v = _fp(rewards), _fp(values)
     done = dones.bool()
-    if truncations is not None:
+    if truncations is not None and final_values is not None:
         _check_shape("truncations", truncations, (T, B))
         _check_shape("final_values", final_values, (T, B))
         trunc = truncations.bool()

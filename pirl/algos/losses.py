@@ -226,7 +226,7 @@ def ppo_loss(
     policy_loss = agg_loss(pg_elems, mask, loss_agg_mode)
     total = policy_loss
     metrics["actor/loss"] = policy_loss.detach()
-    if values is not None:
+    if values is not None and old_values is not None and returns is not None:
         sample_mask = mask.bool() if mask.dim() == 1 else mask.bool().reshape(mask.shape[0], -1).any(dim=1)
         v_elems, v_metrics = value_loss(values, old_values, returns, sample_mask,
                                         value_clip, value_loss_type, huber_delta)

@@ -47,7 +47,8 @@ import sys
 import typing
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -421,7 +422,7 @@ def _merge(cfg: DictConfig, data: dict, where: str, whole: bool) -> None:
         for k in parent_keys:
             parent = parent.get(k) if isinstance(parent, dict) else None
         if whole and isinstance(parent, dict) and isinstance(parent.get(last), dict):
-            _wrap(lambda: OmegaConf.update(cfg, key, parent.pop(last), merge=False), where)
+            _wrap(lambda: OmegaConf.update(cfg, key, parent.pop(last), merge=False), where)  # noqa: B023 (runs at once)
     _wrap(lambda: cfg.merge_with(data), where)
 
 

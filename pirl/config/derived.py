@@ -104,7 +104,7 @@ def format_dry_run(cfg: DictConfig, sizes: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    notes = [f"config world size: {other['error']}" for _, s in columns[1:] if "error" in s]
+    notes = [f"config world size: {s['error']}" for _, s in columns[1:] if "error" in s]
     return "\n".join([
         "# resolved config",
         OmegaConf.to_yaml(cfg, resolve=True).rstrip(),

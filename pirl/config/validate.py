@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -220,7 +221,7 @@ def eval_enabled(cfg: DictConfig) -> bool:
 
 def placement_of(cfg: DictConfig, world_size: int) -> Placement:
     """`cluster.component_placement` for `world_size` ranks; errors name the key."""
-    raw = OmegaConf.to_container(cfg.cluster.component_placement, resolve=True)
+    raw: Any = OmegaConf.to_container(cfg.cluster.component_placement, resolve=True)  # a mapping: the schema's type
     try:
         p = Placement.from_config(raw, world_size)
     except PlacementError as e:

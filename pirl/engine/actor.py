@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import deepspeed
 import torch
@@ -42,9 +42,10 @@ def select_trainable(model: nn.Module, trainable: list[str], frozen: list[str]) 
     return n_train, n_total
 
 
-def build_optimizer(model: nn.Module, optim_cfg) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, optim_cfg) -> GuardedAdamW:
     """AdamW over trainable parameters; the value head gets `value_lr`."""
-    policy, value = [], []
+    policy: list[nn.Parameter] = []
+    value: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (value if VALUE_HEAD_PATTERN.search(name) else policy).append(p)
@@ -180,7 +181,8 @@ class ActorEngine:
         names = list(src)
         i = 0
         while i < len(names):
-            chunk, n = [], 0
+            chunk: list[str] = []
+            n = 0
             while i < len(names) and (not chunk or n < chunk_numel):
                 p = src[names[i]]
                 chunk.append(names[i])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Mapping
+from collections.abc import Mapping
 
 # Every job runs all three: envs step, the rollout policy samples chunks, the actor trains.
 COMPONENTS = ("env", "rollout", "actor")
@@ -95,7 +95,7 @@ class Placement:
     component_ranks: Mapping[str, tuple[int, ...]]  # every name in COMPONENTS, sorted ranks
 
     @classmethod
-    def from_config(cls, placement: Mapping, world_size: int) -> "Placement":
+    def from_config(cls, placement: Mapping, world_size: int) -> Placement:
         """`placement` is `cluster.component_placement` (keys "env", "env,rollout,actor",
         ...; values rank sets). Errors name the offending key."""
         if not isinstance(placement, Mapping) or not placement:

@@ -21,6 +21,7 @@ Multi-task envs get tasks by GRPO group: group g runs task g % num_tasks.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Optional
 
 SIMULATORS = ("reach2d", "maniskill", "libero", "metaworld")
@@ -119,7 +120,7 @@ def _make_backend(kind: str, split_cfg: Any, extra: dict, num_envs: int, group_s
         from pirl.envs import maniskill as ms
 
         tasks = [str(t) for t in task] if isinstance(task, (list, tuple)) else [str(task or "PickCube-v1")]
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             image_size=image_size,
             control_mode=str(extra.get("control_mode", "pd_ee_delta_pose")),
             state_mode=str(extra.get("state_mode", "joint")),
@@ -138,6 +139,7 @@ def _make_backend(kind: str, split_cfg: Any, extra: dict, num_envs: int, group_s
         # ManiSkill's CPU backend allows one env per process: one worker per env by default.
         return WorkerBackend(ms.ManiSkillFactory(tasks, group_size, **kwargs), num_envs,
                              num_workers or num_envs, timeout_s=timeout_s)
+    factory: Callable[[int], Any]  # env index -> one simulator env
     if kind == "metaworld":
         from pirl.envs import metaworld as mw
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -98,7 +99,6 @@ def resolve_tasks(task: Any) -> tuple[str, list[str]]:
     """(benchmark name, task names) for a task spec: "reach-v3", "MT1:reach-v3", "MT10",
     "MT50", "ML45" / "ML45:train" (the 45 train tasks), "ML45:test" (the 5 held out), or
     a list of task names."""
-    import metaworld
 
     if task is None:
         raise ValueError("env.<split>.task must name a MetaWorld task (reach-v3), MT10, MT50, ML45 or ML45:test")
@@ -119,7 +119,7 @@ def resolve_tasks(task: Any) -> tuple[str, list[str]]:
     return bench, names
 
 
-@functools.lru_cache(maxsize=None)  # envs of one task in a process share its configurations
+@functools.cache  # envs of one task in a process share its configurations
 def _benchmark_tasks(bench: str, name: str, seed: int) -> tuple[type, list]:
     """The env class and the 50 fixed configurations of task `name`.
 
@@ -128,6 +128,7 @@ def _benchmark_tasks(bench: str, name: str, seed: int) -> tuple[type, list]:
     observation), ML1 for ML45 (goal hidden; its test configurations for ML45:test)."""
     import metaworld
 
+    b: metaworld.Benchmark
     if bench.startswith("ML"):
         b = metaworld.ML1(name, seed=seed)
         tasks = b.test_tasks if bench.endswith(":test") else b.train_tasks

@@ -16,7 +16,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -118,7 +119,7 @@ class VideoRecorder:
         path = self.dir / f"{self.name}_{self._index:04d}.mp4"
         with imageio.get_writer(path, fps=self.fps, codec="libx264", macro_block_size=1) as writer:
             for f in self._frames:
-                writer.append_data(f)
+                writer.append_data(f)  # type: ignore[attr-defined]  # the ffmpeg Writer's method
         self._frames = []
         self._index += 1
         self.paths.append(path)

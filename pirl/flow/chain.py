@@ -11,7 +11,8 @@ Stored per RL sample (one chunk step of one env):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
+from collections.abc import Callable
 
 import torch
 
@@ -101,8 +102,8 @@ def chain_logprob(
     times = T.time_grid(K, device=chains.device)
     rows = torch.arange(B, device=chains.device)
     if bool((step_mask.sum(dim=1) == 1).all()):
-        k = step_mask.float().argmax(dim=1)  # (B,)
-        x_t, x_next, t = chains[rows, k], chains[rows, k + 1], times[k]
+        ks = step_mask.float().argmax(dim=1)  # (B,)
+        x_t, x_next, t = chains[rows, ks], chains[rows, ks + 1], times[ks]
         v, std = velocity_fn(x_t, t)
         return dispatch.step_logprob(x_t, v, x_next, t, spec.delta, spec.noise_method, spec.noise_level, std)
     logprob = chains.new_zeros(chains[:, 0].shape, dtype=torch.float32)
@@ -114,7 +115,8 @@ def chain_logprob(
             continue
         t = times[k].expand(B)
         v, std = velocity_fn(chains[:, k], t)
-        lp, ent = dispatch.step_logprob(chains[:, k], v, chains[:, k + 1], t, spec.delta, spec.noise_method, spec.noise_level, std)
+        lp, ent = dispatch.step_logprob(chains[:, k], v, chains[:, k + 1], t, spec.delta, spec.noise_method,
+                                        spec.noise_level, std)
         logprob = logprob + m * lp
         entropy = entropy + m * ent
     return logprob, entropy / count.reshape(B, 1, 1)

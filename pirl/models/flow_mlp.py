@@ -69,7 +69,8 @@ class FlowMLPPolicy(FlowPolicy):
             # exogenous initial noise x1, so exploration comes from the scored transitions.
             nn.init.zeros_(self.velocity_out.weight)
             nn.init.zeros_(self.velocity_out.bias)
-        self.noise_head = NoiseHead(hidden_dim, horizon * action_dim, noise_std_range) if spec.noise_method == FLOW_NOISE else None
+        self.noise_head = (NoiseHead(hidden_dim, horizon * action_dim, noise_std_range)
+                           if spec.noise_method == FLOW_NOISE else None)
         self.value_head = ValueHead(hidden_dim) if add_value_head else None
 
     # ---- the velocity field -------------------------------------------------------------

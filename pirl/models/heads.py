@@ -1,5 +1,7 @@
-"""Heads shared by every flow policy: the critic and the learned-noise (flow_noise) head."""
+"""Heads shared by the policies: critics (flow policies, token VLAs) and the learned-noise (flow_noise) head."""
 from __future__ import annotations
+
+from typing import cast
 
 import torch
 from torch import nn
@@ -11,9 +13,10 @@ class ValueHead(nn.Module):
 
     def __init__(self, width: int, hidden: int = 128):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 1))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        first, last = nn.Linear(width, hidden), nn.Linear(hidden, 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(first, nn.GELU(), last)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features.float()).squeeze(-1)
@@ -35,3 +38,26 @@ class NoiseHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lo + (self.hi - self.lo) * torch.sigmoid(self.proj(hidden).float())
+
+
+class MLPValueHead(nn.Module):
+    """features (B, W) -> values (B, out) fp32 through GELU layers of `hidden` widths and a
+    bias-free last layer (the reference system's token-VLA critic; `out` is 1 per chunk
+    or one per executed action). Kaiming init, last layer N(0, 0.02)."""
+
+    def __init__(self, width: int, hidden: tuple = (512, 128), out: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = width
+        for h in hidden:
+            lin = nn.Linear(d, h)
+            nn.init.kaiming_normal_(lin.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(lin.bias)
+            layers += [lin, nn.GELU()]
+            d = h
+        last = nn.Linear(d, out, bias=False)
+        nn.init.normal_(last.weight, std=0.02)
+        self.mlp = nn.Sequential(*layers, last)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mlp(features.to(cast(nn.Linear, self.mlp[-1]).weight.dtype)).float()

@@ -76,3 +76,29 @@ def load_policy_weights(policy: nn.Module, directory: str | Path) -> None:
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(tensors[k])
+
+
+def read_json(path: str | Path, error: type[Exception] = ValueError) -> dict:
+    """A JSON file of a checkpoint; unreadable or malformed is `error` naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise error(f"cannot read {path}: {e}") from e
+
+
+def tensor_mismatches(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+                      missing: list[str], unexpected: list[str]) -> list[str]:
+    """One line per kind of problem (missing, unexpected, wrong shape, wrong dtype), each
+    listing up to 20 tensor names. Floating tensors may change precision (bf16 checkpoints
+    into an fp32 model); a non-float tensor where the model has a float one (or the
+    reverse) is corruption."""
+    shapes = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+                    for k, v in tensors.items() if k in expected and v.shape != expected[k].shape)
+    dtypes = sorted(f"{k}: checkpoint {v.dtype} vs model {expected[k].dtype}" for k, v in tensors.items()
+                    if k in expected and v.dtype.is_floating_point != expected[k].dtype.is_floating_point)
+    problems = []
+    for name, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes),
+                        ("wrong dtype", dtypes)):
+        if items:
+            problems.append(f"{len(items)} {name}: " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+    return problems

@@ -11,7 +11,7 @@ from pirl.models.pi0.modeling import Pi0Model
 from pirl.models.pi0.normalize import QUANTILE, ZSCORE, load_norm_stats
 from pirl.models.pi0.policy import Pi0Policy
 from pirl.models.pi0.processor import Pi0Processor, ProcessorConfig
-from pirl.models.pi0.tokenizer import ByteTokenizer, PromptTokenizer, SentencePieceTokenizer
+from pirl.models.pi0.tokenizer import ByteTokenizer, PromptTokenizer, SentencePieceTokenizer, TextEncoder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,7 +41,7 @@ def build_pi0_policy(model_cfg) -> Pi0Policy:
     op = model_cfg.openpi
     cfg = config_from_model_cfg(model_cfg)
     path = _get(model_cfg, "model_path", None)
-    fmt = None
+    fmt = ""  # checkpoint format, set when there is a model_path
     if path:
         fmt = _get(op, "checkpoint_format", None) or detect_format(path)
         saved = read_config(path, fmt)
@@ -61,6 +61,7 @@ def build_pi0_policy(model_cfg) -> Pi0Policy:
         norm_stats = load_norm_stats(stats_path)
 
     tok_path = _get(op, "tokenizer_path", None)
+    encoder: TextEncoder | None
     if tok_path:
         encoder = SentencePieceTokenizer(tok_path)
     elif path:

@@ -11,7 +11,7 @@ must agree on depth, head count, KV-head count and head dim; `validate` checks t
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # π0 / π0.5 pad states and actions to 32 dims whatever the robot (openpi's model dim).
 MODEL_ACTION_DIM = 32
@@ -80,7 +80,7 @@ class Pi0Config:
     add_noise_head: bool = False  # flow_noise: learned per-dim std from expert outputs
     noise_std_range: tuple = (0.08, 0.16)  # `openpi.noise_logvar_range`: bounds of the learned std
 
-    def validate(self) -> "Pi0Config":
+    def validate(self) -> Pi0Config:
         p, e = self.paligemma, self.expert
         for key in ("depth", "num_heads", "num_kv_heads", "head_dim"):
             if getattr(p, key) != getattr(e, key):
@@ -99,7 +99,7 @@ class Pi0Config:
         return dataclasses.asdict(self)
 
     @staticmethod
-    def from_dict(d: dict) -> "Pi0Config":
+    def from_dict(d: dict) -> Pi0Config:
         d = dict(d)
         known = {f.name for f in dataclasses.fields(Pi0Config)}
         unknown = sorted(set(d) - known)

@@ -1,4 +1,5 @@
-"""Freezing and LoRA for π0 (`train_expert_only`, `is_lora`, `lora_rank`).
+"""Freezing and LoRA for π0 (`train_expert_only`, `is_lora`, `lora_rank`); the LoRA helpers
+take any model's tower tables (OpenVLA-OFT passes its own).
 
 LoRA goes through peft with a regex over full module names, because a bare
 `target_modules=["q_proj", ...]` also matches SigLIP's attention. `lora_targets` picks the
@@ -8,6 +9,8 @@ towers that get adapters: "vlm" (Gemma 2B layers), "expert" (action expert layer
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Literal
 
 import torch
 from torch import nn
@@ -25,34 +28,40 @@ TOWER_PREFIX = {
 }
 
 
-def lora_pattern(targets) -> str:
-    unknown = sorted(set(targets) - set(TOWER_PATTERNS))
+def lora_pattern(targets, patterns: Mapping[str, str] = TOWER_PATTERNS) -> str:
+    unknown = sorted(set(targets) - set(patterns))
     if unknown or not targets:
-        raise ValueError(f"lora_targets must be a non-empty subset of {sorted(TOWER_PATTERNS)}, got {list(targets)}")
-    return "|".join(f"(?:{TOWER_PATTERNS[t]})" for t in targets)
+        raise ValueError(f"lora_targets must be a non-empty subset of {sorted(patterns)}, got {list(targets)}")
+    return "|".join(f"(?:{patterns[t]})" for t in targets)
 
 
 def freeze_vlm(model: nn.Module) -> None:
     """train_expert_only: SigLIP, projector and Gemma 2B stop training."""
-    for p in model.paligemma_with_expert.paligemma.parameters():
+    vlm: nn.Module = model.paligemma_with_expert.paligemma  # type: ignore[union-attr,assignment]
+    for p in vlm.parameters():
         p.requires_grad_(False)
 
 
-def apply_lora(model: nn.Module, rank: int, targets=("vlm",), alpha: float | None = None) -> nn.Module:
+def apply_lora(model: nn.Module, rank: int, targets=("vlm",), alpha: int | None = None,
+               patterns: Mapping[str, str] = TOWER_PATTERNS,
+               prefixes: Mapping[str, str | tuple[str, ...]] = TOWER_PREFIX,
+               init: bool | Literal["gaussian"] = True) -> nn.Module:
     """Inject LoRA adapters (in place) into the chosen towers' linear layers and freeze those
-    towers' base weights. Returns the model."""
+    towers' base weights. `patterns` / `prefixes` name a model's towers (π0's by default:
+    OpenVLA-OFT passes its own); `init` is peft's init_lora_weights (B = 0 either way, so
+    the adapted model starts equal to the base). Returns the model."""
     from peft import LoraConfig, inject_adapter_in_model
 
     if rank <= 0:
         raise ValueError(f"lora_rank must be positive, got {rank}")
-    pattern = lora_pattern(targets)
+    pattern = lora_pattern(targets, patterns)
     if not any(re.fullmatch(pattern, n) for n, _ in model.named_modules()):
         raise ValueError(f"LoRA pattern for {list(targets)} matched no module")
     cfg = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=pattern,
-                     lora_dropout=0.0, bias="none")
+                     lora_dropout=0.0, bias="none", init_lora_weights=init)
     inject_adapter_in_model(cfg, model)
     for name, p in model.named_parameters():
-        if any(name.startswith(TOWER_PREFIX[t]) for t in targets):
+        if any(name.startswith(prefixes[t]) for t in targets):
             p.requires_grad_("lora_" in name)
     return model
 
@@ -70,6 +79,7 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         out[name.replace(".base_layer.", ".")] = t.detach().clone()
     for name, m in lora.items():
         for adapter in m.active_adapters:
-            a, b = m.lora_A[adapter].weight, m.lora_B[adapter].weight
+            a: torch.Tensor = m.lora_A[adapter].weight  # type: ignore[assignment]  # an nn.Linear's
+            b: torch.Tensor = m.lora_B[adapter].weight  # type: ignore[assignment]
             out[name + ".weight"] = out[name + ".weight"] + m.scaling[adapter] * (b.float() @ a.float()).to(a.dtype)
     return out

@@ -61,7 +61,7 @@ def paligemma_hf_config(cfg: Pi0Config) -> PaliGemmaConfig:
         hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=v.num_layers,
         num_attention_heads=v.num_heads, patch_size=v.patch_size, image_size=v.image_size,
         num_channels=3, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, vision_use_head=False,
-        projection_dim=cfg.paligemma.width,
+        projection_dim=cfg.paligemma.width,  # type: ignore[call-arg]  # a config attribute PaliGemma's projector reads
     )
     return PaliGemmaConfig(
         vision_config=vision, text_config=gemma_hf_config(cfg.paligemma),
@@ -133,7 +133,8 @@ def attention(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tens
     logits = torch.cat([torch.matmul(qg, k.float().transpose(-1, -2)) for k in keys], dim=-1)
     logits = logits * (hd ** -0.5) + mask.repeat(1, 1, g, 1)
     probs = torch.softmax(logits, dim=-1).to(values[0].dtype)
-    out, start = 0, 0
+    out = probs.new_zeros(B, kvh, g * Lq, hd)  # 0 + x is exact: the sum over key blocks as before
+    start = 0
     for v in values:
         out = out + torch.matmul(probs[..., start:start + v.shape[2]], v)
         start += v.shape[2]
@@ -171,12 +172,12 @@ class ExpertLM(nn.Module):
     def __init__(self, spec: GemmaSpec, adarms: bool):
         super().__init__()
         model = GemmaModel(gemma_hf_config(spec))
-        model.embed_tokens = None
+        model.embed_tokens = None  # type: ignore[assignment]  # the expert only receives embeddings
         if adarms:
             for layer in model.layers:
                 layer.input_layernorm = AdaRMSNorm(spec.width, spec.width, spec.rms_eps)
                 layer.post_attention_layernorm = AdaRMSNorm(spec.width, spec.width, spec.rms_eps)
-            model.norm = AdaRMSNorm(spec.width, spec.width, spec.rms_eps)
+            model.norm = AdaRMSNorm(spec.width, spec.width, spec.rms_eps)  # type: ignore[assignment]
         self.model = model
 
 
@@ -432,7 +433,7 @@ class Pi0Model(nn.Module):
     def _value(self, feats: torch.Tensor) -> torch.Tensor:
         if self.cfg.detach_critic_input:
             feats = feats.detach()
-        return self.value_head(feats.to(self.value_head.net[0].weight.dtype))
+        return self.value_head(feats.to(next(self.value_head.parameters()).dtype))
 
     # ---- supervised flow matching -----------------------------------------------------
     def sft_loss(self, images, image_masks, tokens, token_masks, state, actions, mask=None,

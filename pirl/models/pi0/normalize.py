@@ -29,7 +29,7 @@ class NormStats:
 
     def to_json(self) -> dict:
         d = {"mean": self.mean.tolist(), "std": self.std.tolist()}
-        if self.q01 is not None:
+        if self.q01 is not None and self.q99 is not None:
             d.update(q01=self.q01.tolist(), q99=self.q99.tolist())
         return d
 
@@ -80,6 +80,12 @@ def _check(stats: NormStats, mode: str) -> None:
         raise ValueError("quantile normalization needs q01/q99 in norm_stats.json")
 
 
+def _quantiles(stats: NormStats, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q01, q99) on `device`; quantile mode only (`_check` has ensured they exist)."""
+    assert stats.q01 is not None and stats.q99 is not None
+    return stats.q01.to(device), stats.q99.to(device)
+
+
 def normalize(x: torch.Tensor, stats: NormStats, mode: str) -> torch.Tensor:
     """x (..., N') with N' >= N stats dims -> same shape; dims beyond N untouched."""
     _check(stats, mode)
@@ -88,7 +94,7 @@ def normalize(x: torch.Tensor, stats: NormStats, mode: str) -> torch.Tensor:
     if mode == ZSCORE:
         head = (head - stats.mean.to(x.device)) / (stats.std.to(x.device) + EPS)
     else:
-        lo, hi = stats.q01.to(x.device), stats.q99.to(x.device)
+        lo, hi = _quantiles(stats, x.device)
         head = 2.0 * (head - lo) / (hi - lo + EPS) - 1.0
     return torch.cat([head, tail], dim=-1)
 
@@ -101,6 +107,6 @@ def unnormalize(x: torch.Tensor, stats: NormStats, mode: str) -> torch.Tensor:
     if mode == ZSCORE:
         head = head * (stats.std.to(x.device) + EPS) + stats.mean.to(x.device)
     else:
-        lo, hi = stats.q01.to(x.device), stats.q99.to(x.device)
+        lo, hi = _quantiles(stats, x.device)
         head = (head + 1.0) / 2.0 * (hi - lo + EPS) + lo
     return torch.cat([head, tail], dim=-1)

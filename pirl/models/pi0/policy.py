@@ -29,7 +29,9 @@ from pirl.models.pi0.normalize import normalize
 from pirl.models.pi0.processor import Pi0Processor
 from pirl.models.policy import ChunkEval, ChunkSample, FlowPolicy
 
-MODEL_INPUTS = ("images", "image_masks", "tokens", "token_masks")
+def prefix_inputs(fi: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The prefix tensors of `forward_inputs` in Pi0Model's argument order: images, image_masks, tokens, token_masks."""
+    return fi["images"], fi["image_masks"], fi["tokens"], fi["token_masks"]
 
 
 class _StepValues:
@@ -39,7 +41,8 @@ class _StepValues:
 
     def __init__(self, step_mask: torch.Tensor | None, K: int):
         self.step_mask, self.K = step_mask, K
-        self.total, self.weight = None, None
+        self.total: torch.Tensor | None = None  # (B,) weighted sum of values
+        self.weight: torch.Tensor | None = None  # (B,) sum of weights
 
     def add(self, t: torch.Tensor, v: torch.Tensor) -> None:
         k = torch.round((1.0 - t.float()) * self.K).long().clamp(0, self.K - 1)  # (B,)
@@ -49,6 +52,7 @@ class _StepValues:
         self.weight = w if self.weight is None else self.weight + w
 
     def result(self) -> torch.Tensor:
+        assert self.total is not None and self.weight is not None, "no expert pass was recorded"
         return self.total / self.weight.clamp(min=1.0)
 
 
@@ -72,7 +76,7 @@ class Pi0Policy(FlowPolicy):
     def _prefix(self, fi: dict[str, torch.Tensor], grad: bool):
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx:
-            return self.model.prefix_forward(*(fi[k] for k in MODEL_INPUTS))
+            return self.model.prefix_forward(*prefix_inputs(fi))
 
     def _closure(self, fi, kv, pad, values: _StepValues | None):
         state = fi["state"]
@@ -145,7 +149,7 @@ class Pi0Policy(FlowPolicy):
         if self.processor.norm_stats is not None:
             a = normalize(a, self.processor.norm_stats["actions"], self.processor.pcfg.normalization)
         padded, mask = pad_demonstrations(a, self.model.cfg.action_horizon, self.model.cfg.action_dim)
-        loss, _ = self.model.sft_loss(*(fi[k] for k in MODEL_INPUTS), fi["state"], padded, mask,
+        loss, _ = self.model.sft_loss(*prefix_inputs(fi), fi["state"], padded, mask,
                                       generator=generator)
         return loss
 
