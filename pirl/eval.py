@@ -66,7 +66,7 @@ class TaskStats:
     episode_len_success_mean: float  # nan without successes
 
     @staticmethod
-    def of(results: list[EpisodeResult]) -> "TaskStats":
+    def of(results: list[EpisodeResult]) -> TaskStats:
         n = len(results)
         k = sum(r.success for r in results)
         lens = [r.length for r in results]
@@ -90,7 +90,7 @@ class Report:
         return {"overall": d(self.overall), "tasks": {t: d(s) for t, s in self.tasks.items()}, "meta": self.meta}
 
     @staticmethod
-    def from_json(raw: dict) -> "Report":
+    def from_json(raw: dict) -> Report:
         def s(d: dict) -> TaskStats:
             return TaskStats(int(d["episodes"]), int(d["successes"]), float(d["success_rate"]), tuple(d["ci95"]),
                              float(d["episode_len_mean"]), float(d["episode_len_success_mean"]))

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from pirl.config import load_config
-from pirl.eval import EpisodeResult, Report, compare_table, episode_counts, markdown_table, run_episodes, summarize, wilson_interval
+from pirl.eval import (EpisodeResult, Report, compare_table, episode_counts, markdown_table, run_episodes, summarize,
+                       wilson_interval)
 from pirl.models import build_policy
 from pirl.models.contract import PolicyMismatch, check_fits, policy_contract
 
