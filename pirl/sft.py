@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from pirl.demos import Demonstrations, chunk_episodes, detect_source, load_episodes
-from pirl.models.policy import FlowPolicy
+from pirl.models.policy import Policy
 
 # Heads the flow-matching loss does not reach: frozen during SFT (no gradient would ever
 # arrive; ZeRO would carry them as empty partitions).
@@ -41,7 +41,7 @@ class FlowMatchingObjective(nn.Module):
     """The DeepSpeed engine's module during SFT: its forward is the policy's flow-matching
     loss, so ZeRO-3 gathers parameters through the usual forward hooks."""
 
-    def __init__(self, policy: FlowPolicy):
+    def __init__(self, policy: Policy):
         super().__init__()
         self.policy = policy
 

@@ -90,7 +90,7 @@ class EnvSplitConfig:
     max_episode_steps: int = 32  # env steps (not chunks) per episode
     auto_reset: bool = True  # reset an env when its episode ends, within the rollout
     ignore_terminations: bool = False  # True: run every episode to max_episode_steps
-    use_rel_reward: bool = False  # reward once on first success instead of every success step
+    use_rel_reward: bool = False  # pay r_t - r_{t-1} (RLinf's relative reward): a held success pays once
     reward_coef: float = 1.0  # scale of the env reward
     seed: int = 0  # env seed
     group_size: int = 1  # envs sharing an initial state (GRPO)

@@ -1,8 +1,8 @@
-"""Policies: the flow-policy interface, flow_mlp, and (pirl.models.pi0) π0 / π0.5."""
+"""Policies: the policy interface (pirl.models.policy), flow_mlp, and (pirl.models.pi0) π0 / π0.5."""
 from __future__ import annotations
 
 from pirl.flow import FlowSpec
-from pirl.models.policy import ChunkEval, ChunkSample, FlowPolicy
+from pirl.models.policy import ActionSample, ChunkEval, FlowPolicy, Policy
 
 MODEL_TYPES = ("flow_mlp", "openpi")
 
@@ -20,8 +20,8 @@ def flow_spec(model_cfg) -> FlowSpec:
     )
 
 
-def build_policy(model_cfg, state_dim: int) -> FlowPolicy:
-    """`actor.model` section + the env's state size -> a FlowPolicy (fp32 on CPU)."""
+def build_policy(model_cfg, state_dim: int) -> Policy:
+    """`actor.model` section + the env's state size -> a Policy (fp32 on CPU)."""
     if model_cfg.model_type == "flow_mlp":
         from pirl.models.flow_mlp import FlowMLPPolicy
 
@@ -45,8 +45,8 @@ def build_policy(model_cfg, state_dim: int) -> FlowPolicy:
     if model_cfg.model_type == "openpi":
         from pirl.models.pi0 import build_pi0_policy
 
-        return build_pi0_policy(model_cfg)
+        return build_pi0_policy(model_cfg, state_dim)
     raise ValueError(f"actor.model.model_type must be one of {MODEL_TYPES}, got {model_cfg.model_type!r}")
 
 
-__all__ = ["ChunkEval", "ChunkSample", "FlowPolicy", "build_policy", "flow_spec", "MODEL_TYPES"]
+__all__ = ["ActionSample", "ChunkEval", "FlowPolicy", "Policy", "build_policy", "flow_spec", "MODEL_TYPES"]

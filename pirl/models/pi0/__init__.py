@@ -28,8 +28,9 @@ def flow_spec_from_cfg(model_cfg) -> FlowSpec:
     )
 
 
-def build_pi0_policy(model_cfg) -> Pi0Policy:
-    """`actor.model` (model_type "openpi") -> Pi0Policy.
+def build_pi0_policy(model_cfg, state_dim: int | None = None) -> Pi0Policy:
+    """`actor.model` (model_type "openpi") -> Pi0Policy; `state_dim` is the env's (the
+    rollout buffer stores raw states of that size).
 
     Keys beyond the schema, read with defaults: openpi.tokenizer_path (SentencePiece file;
     when null, the tokenizer a pirl checkpoint recorded, or a byte tokenizer when there is
@@ -88,7 +89,7 @@ def build_pi0_policy(model_cfg) -> Pi0Policy:
         apply_lora(model, int(_get(model_cfg, "lora_rank", 8)), tuple(_get(op, "lora_targets", ["vlm"])))
     if bool(_get(model_cfg, "gradient_checkpointing", False)):
         model.paligemma_with_expert.gradient_checkpointing = True
-    return Pi0Policy(model, processor, spec)
+    return Pi0Policy(model, processor, spec, state_dim)
 
 
 __all__ = ["Pi0Config", "Pi0Model", "Pi0Policy", "Pi0Processor", "build_pi0_policy", "flow_spec_from_cfg", "preset"]

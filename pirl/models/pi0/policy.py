@@ -27,7 +27,8 @@ from pirl.models.pi0.lora import merged_state_dict
 from pirl.models.pi0.modeling import Pi0Model
 from pirl.models.pi0.normalize import normalize
 from pirl.models.pi0.processor import Pi0Processor
-from pirl.models.policy import ChunkEval, ChunkSample, FlowPolicy
+from pirl.data.buffer import FieldSpec
+from pirl.models.policy import ActionSample, ChunkEval, FlowPolicy
 
 def prefix_inputs(fi: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The prefix tensors of `forward_inputs` in Pi0Model's argument order: images, image_masks, tokens, token_masks."""
@@ -57,7 +58,8 @@ class _StepValues:
 
 
 class Pi0Policy(FlowPolicy):
-    def __init__(self, model: Pi0Model, processor: Pi0Processor, spec: FlowSpec):
+    def __init__(self, model: Pi0Model, processor: Pi0Processor, spec: FlowSpec,
+                 state_dim: int | None = None):
         super().__init__()
         if spec.action_chunk > model.cfg.action_horizon or spec.action_env_dim > model.cfg.action_dim:
             raise ValueError(f"action_chunk {spec.action_chunk} / action_env_dim {spec.action_env_dim} exceed "
@@ -65,6 +67,8 @@ class Pi0Policy(FlowPolicy):
         if spec.noise_method == "flow_noise" and not model.cfg.add_noise_head:
             raise ValueError("noise_method flow_noise needs the model's noise head (add_noise_head)")
         self.model, self.processor, self.spec = model, processor, spec
+        self.chain_shape = (model.cfg.action_horizon, model.cfg.action_dim)
+        self.state_dim = state_dim
 
     # ---- helpers ----------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -97,7 +101,23 @@ class Pi0Policy(FlowPolicy):
             return self.model.value_from_prefix(prefix_out, pad)
         return values.result()
 
-    # ---- FlowPolicy -------------------------------------------------------------------
+    # ---- Policy -----------------------------------------------------------------------
+    def input_spec(self) -> dict[str, FieldSpec]:
+        """What `preprocess` returns (pirl.models.pi0.processor), per sample."""
+        if self.state_dim is None:
+            raise ValueError("Pi0Policy.input_spec needs the env's state size: build it with "
+                             "build_pi0_policy(model_cfg, state_dim)")
+        cfg, f32 = self.model.cfg, torch.float32
+        S, NC, L = cfg.vision.image_size, len(cfg.image_keys), self.processor.tokenizer.max_len
+        return {
+            "images": FieldSpec((NC, 3, S, S), f32, "camera slots in [-1, 1]"),
+            "image_masks": FieldSpec((NC,), torch.bool, "False for cameras the env lacks"),
+            "tokens": FieldSpec((L,), torch.long, "prompt token ids"),
+            "token_masks": FieldSpec((L,), torch.bool, "real (not padding) prompt tokens"),
+            "state": FieldSpec((cfg.action_dim,), f32, "normalized state, padded to the model dim"),
+            "raw_state": FieldSpec((self.state_dim,), f32, "env-unit state, for delta actions"),
+        }
+
     def preprocess(self, obs: dict) -> dict[str, torch.Tensor]:
         self.processor.training = self.training
         device = self._device()
@@ -105,7 +125,7 @@ class Pi0Policy(FlowPolicy):
 
     @torch.no_grad()
     def sample(self, forward_inputs: dict[str, torch.Tensor], mode: str = "train",
-               generator: torch.Generator | None = None) -> ChunkSample:
+               generator: torch.Generator | None = None) -> ActionSample:
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
         fi = forward_inputs
@@ -121,12 +141,12 @@ class Pi0Policy(FlowPolicy):
         actions = self.processor.postprocess(chains[:, -1], fi["raw_state"])[:, : self.spec.action_chunk]
         if step_mask is None:
             step_mask = torch.zeros(B, self.spec.num_steps, dtype=torch.bool, device=device)
-        return ChunkSample(actions=actions, chains=chains, step_mask=step_mask, logprob=executed(lp, self.spec),
-                           values=self._values(prefix_out, pad, values).float(), forward_inputs=fi)
+        return ActionSample(actions=actions, logprob=executed(lp, self.spec),
+                            values=self._values(prefix_out, pad, values).float(),
+                            replay={"chains": chains, "step_mask": step_mask}, forward_inputs=fi)
 
-    def evaluate(self, forward_inputs: dict[str, torch.Tensor], chains: torch.Tensor,
-                 step_mask: torch.Tensor) -> ChunkEval:
-        fi = forward_inputs
+    def evaluate(self, forward_inputs: dict[str, torch.Tensor], replay: dict[str, torch.Tensor]) -> ChunkEval:
+        fi, chains, step_mask = forward_inputs, replay["chains"], replay["step_mask"]
         prefix_out, kv, pad = self._prefix(fi, grad=self._vlm_trainable())
         values = _StepValues(step_mask, self.spec.num_steps)
         lp, ent = chain_logprob(self._closure(fi, kv, pad, values), chains, step_mask, self.spec)
