@@ -20,7 +20,7 @@ ifneq ($(filter reach2d%,$(CONFIG)),)
 SFT_ARGS ?= --episodes 2 --steps 1500
 SIM_DEP  :=
 else
-SFT_ARGS ?= --episodes 3 --num-envs 12 --steps 500 --batch-size 64 actor.ds_config=ds_configs/zero2.json
+SFT_ARGS ?= --episodes 2 --num-envs 8 --steps 250 --batch-size 64 actor.ds_config=ds_configs/zero2.json
 SIM_DEP  := $(VENV)/.metaworld-installed
 endif
 EVAL_ARGS ?= --episodes 10

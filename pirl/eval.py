@@ -235,7 +235,9 @@ def evaluate_checkpoint(cfg, checkpoint: str, per_task: int, sampling: str, out_
     from omegaconf import OmegaConf
 
     envs_per_rank = int(split.total_num_envs) // dist.world_size
-    env_cfg = OmegaConf.to_container(split, resolve=True) | {"auto_reset": False, "group_size": 1}
+    plain = OmegaConf.to_container(split, resolve=True)
+    assert isinstance(plain, dict)
+    env_cfg = {str(k): v for k, v in plain.items()} | {"auto_reset": False, "group_size": 1}
     env = None
     state_dim = env_state_dim(cfg)
     if state_dim is None:  # only a built env tells (ManiSkill: by control and state mode)

@@ -107,7 +107,9 @@ def _plain_split(split) -> dict[str, Any]:
         from omegaconf import OmegaConf
 
         if OmegaConf.is_config(split):
-            return OmegaConf.to_container(split, resolve=True)
+            plain = OmegaConf.to_container(split, resolve=True)
+            assert isinstance(plain, dict)
+            return {str(k): v for k, v in plain.items()}
     except ImportError:
         pass
     return dict(split)
@@ -148,7 +150,7 @@ def record_metaworld_experts(split, episodes_per_task: int, num_envs: int, seed:
                 if noise > 0:
                     acts = acts + noise * rng.standard_normal(acts.shape)
                 acts = np.clip(acts, -1.0, 1.0).astype(np.float32)
-                for i in np.flatnonzero(live):
+                for i in np.flatnonzero(live).tolist():
                     frames[i].append({"state": states[i], "action": acts[i], "desc": obs["task_descriptions"][i],
                                       **{k: obs[k][i].numpy() for k in ("main_images", "wrist_images") if k in obs}})
                 obs, _, _, _, info = env.chunk_step(torch.from_numpy(acts)[:, None])

@@ -50,13 +50,14 @@ def _decode_video(path: Path, timestamps: np.ndarray, start: float = 0.0) -> np.
 
     want = start + np.asarray(timestamps, dtype=np.float64)
     out: list[Optional[np.ndarray]] = [None] * len(want)
+    t = 0.0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or 30)
         tol = 0.5 / fps
         j = 0
         for frame in container.decode(stream):
-            t = float(frame.pts * stream.time_base)
+            t = float(frame.time)  # seconds: pts x time_base
             while j < len(want) and t >= want[j] - tol:
                 out[j] = frame.to_ndarray(format="rgb24")
                 j += 1
@@ -64,7 +65,7 @@ def _decode_video(path: Path, timestamps: np.ndarray, start: float = 0.0) -> np.
                 break
     if j < len(want):
         raise ValueError(f"{path}: video ends at {t:.3f} s, before frame time {want[j]:.3f} s")
-    return np.stack(out)
+    return np.stack([f for f in out if f is not None])
 
 
 def _decode_images(cells) -> np.ndarray:
