@@ -24,6 +24,7 @@ contradict the config.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -291,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="ode: deterministic denoising; sde: stochastic, as the rollout samples")
     ap.add_argument("--out", default=None, help="folder for eval.json, eval.md and videos/")
     ap.add_argument("--videos", type=int, default=4, help="episodes (rank 0's first envs) recorded to video")
-    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse_hidden())
+    # the DeepSpeed launcher passes --local_rank to every rank
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     try:
         if args.episodes < 1:
@@ -326,8 +328,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compare(argv: list[str]) -> int:
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m pirl.eval --compare")
     ap.add_argument("before")
     ap.add_argument("after")
@@ -345,12 +345,6 @@ def _compare(argv: list[str]) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(table + "\n")
     return 0
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

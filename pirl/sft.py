@@ -20,6 +20,7 @@ experiment config, so the checkpoint fits the RL run's model exactly.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import sys
 import time
@@ -208,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=128, help="samples per optimizer step, all ranks")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse_hidden())
+    # the DeepSpeed launcher passes --local_rank to every rank
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     try:
         import os
@@ -246,12 +248,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     shutdown()
     return 0
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
