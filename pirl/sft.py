@@ -89,7 +89,10 @@ def collect(cfg, source: str, episodes: int, num_envs: int, noise: float, seed: 
             from pirl.demos.experts import record_metaworld_experts
 
             share = -(-episodes // world)  # ceil: every rank records as many per task
-            eps, _ = record_metaworld_experts(split, share, num_envs, seed, noise, seed_offset=100_000 * rank)
+            # Reset seeds env.train.seed + seed + rank·num_envs + ...: the train split's own
+            # initial states (the eval split starts from env.eval.seed), shifted by --seed.
+            offset = int(split.seed) + seed + rank * num_envs
+            eps, _ = record_metaworld_experts(split, share, num_envs, seed, noise, seed_offset=offset)
             return chunk_episodes(eps, chunk)
         raise ValueError(f"--demos expert: no scripted expert for env.train.simulator_type {sim!r} "
                          "(reach2d and metaworld have one); give a LeRobotDataset folder or LIBERO HDF5 file")

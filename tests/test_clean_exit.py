@@ -3,10 +3,10 @@ job through the DeepSpeed launcher on 2 ranks all exit 0, leave no process behin
 their stdout being a pipe, print one line per iteration and no redrawn progress bar."""
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
+from _proc import run_session
 
 pytestmark = pytest.mark.dist
 
@@ -37,9 +37,8 @@ def test_ten_consecutive_runs_exit_zero_and_leave_nothing(tmp_path):
     env = dict(os.environ, PIRL_HOSTFILE=str(hosts))
     for run in range(10):
         log_path = tmp_path / f"run{run}"
-        proc = subprocess.run([str(ROOT / "launcher" / "run.sh"), "reach2d_learn_ppo_flow_sde", *SHORT,
-                               f"runner.logger.log_path={log_path}", f"runner.seed={run}"],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        proc = run_session([str(ROOT / "launcher" / "run.sh"), "reach2d_learn_ppo_flow_sde", *SHORT,
+                            f"runner.logger.log_path={log_path}", f"runner.seed={run}"], timeout=300, cwd=ROOT, env=env)
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, f"run {run} exited {proc.returncode}:\n{out[-3000:]}"
         assert "terminate called" not in out

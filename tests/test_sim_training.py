@@ -6,10 +6,10 @@ pipeline runs, not that anything learns: the learning claims are in tests/test_l
 import math
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
+from _proc import run_session
 
 pytestmark = [pytest.mark.sim, pytest.mark.dist]
 
@@ -18,10 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _launch(config: str, hostfile: Path, log_path: Path, *overrides: str, iterations: int = 1) -> str:
     env = dict(os.environ, PIRL_HOSTFILE=str(hostfile), PYTHONWARNINGS="ignore")
-    proc = subprocess.run([str(ROOT / "launcher" / "run.sh"), config, f"runner.max_epochs={iterations}",
-                           "runner.val_check_interval=0", "runner.save_interval=0",
-                           f"runner.logger.log_path={log_path}", *overrides],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    cmd = [str(ROOT / "launcher" / "run.sh"), config, f"runner.max_epochs={iterations}",
+           "runner.val_check_interval=0", "runner.save_interval=0", f"runner.logger.log_path={log_path}", *overrides]
+    proc = run_session(cmd, timeout=900, cwd=ROOT, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     return out
