@@ -129,7 +129,7 @@ def test_builder_loads_a_pirl_checkpoint_and_checks_variant(tmp_path):
         build_pi0_policy(_cfg(False, tokenizer_path=str(tmp_path / "none.model")))
     cfg05 = _cfg(True)
     cfg05.model_path = str(tmp_path / "ck")
-    with pytest.raises(ValueError, match="holds a π0 model"):
+    with pytest.raises(ValueError, match="pi05 False vs actor.model.openpi.pi05 True"):
         build_pi0_policy(cfg05)
     with pytest.raises(ValueError, match="config_name"):
         build_pi0_policy(_cfg(False, config_name="pi7"))

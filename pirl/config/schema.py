@@ -84,7 +84,7 @@ class VideoConfig:
 
 @dataclass
 class EnvSplitConfig:
-    simulator_type: str = "reach2d"  # reach2d | maniskill | libero | metaworld
+    simulator_type: str = "reach2d"  # reach2d | maniskill | libero | metaworld | calvin
     task: Optional[Any] = None  # simulator task id(s), e.g. PickCube-v1, libero_spatial, MT10
     total_num_envs: int = 16  # across all env ranks
     max_episode_steps: int = 32  # env steps (not chunks) per episode
@@ -97,6 +97,7 @@ class EnvSplitConfig:
     num_workers: int = 0  # worker processes for simulators that need one env per process
     image_size: int = 64  # rendered RGB side length
     extra: dict = field(default_factory=dict)  # simulator-specific options
+    calvin_root: Optional[str] = None  # CALVIN: git checkout of mees/calvin (with calvin_env); null: $CALVIN_ROOT
 
 
 @dataclass
@@ -146,7 +147,7 @@ class OpenPIConfig:
     delta_action_mask: Optional[list] = None  # per action dim: True where actions are deltas of the state
     train_augment: bool = False  # train-time image augmentation in the processor
     lora_targets: list = field(default_factory=lambda: ["vlm"])  # towers with LoRA: vlm, expert, vision
-    checkpoint_format: Optional[str] = None  # pirl | openpi | lerobot; null: detected from the files
+    checkpoint_format: Optional[str] = None  # pirl | openpi | openpi_jax | lerobot; null: detected from the files
 
 
 @dataclass

@@ -327,6 +327,15 @@ def check_paths(cfg: DictConfig) -> dict[str, Path]:
         raise ConfigError(f"actor.ds_config: {ds} must hold a JSON object, got "
                           f"{type(parsed).__name__}")
     found["actor.ds_config"] = ds
+    for split in ("train", "eval") if eval_enabled(cfg) else ("train",):
+        if cfg.env[split].simulator_type == "calvin":  # the checkout, before any process starts
+            from pirl.envs.calvin import find_calvin_root
+
+            try:
+                found[f"env.{split}.calvin_root"] = find_calvin_root(cfg.env[split].calvin_root,
+                                                                     f"env.{split}.calvin_root").root
+            except FileNotFoundError as e:
+                raise ConfigError(str(e)) from None
     return found
 
 

@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from pirl.data.buffer import FieldSpec
 from pirl.flow import FlowSpec, chain_logprob, executed, sample_chain, select_steps
 from pirl.flow.matching import pad_demonstrations
 from pirl.models.io import atomic_dir
-from pirl.models.pi0.checkpoint import save_pirl
+from pirl.models.pi0.checkpoint import LEROBOT, OPENPI, CheckpointError, export_lerobot, export_openpi, save_pirl
 from pirl.models.pi0.lora import merged_state_dict
 from pirl.models.pi0.modeling import Pi0Model
-from pirl.models.pi0.normalize import normalize
 from pirl.models.pi0.processor import Pi0Processor
-from pirl.data.buffer import FieldSpec
+from pirl.models.pi0.tokenizer import ByteTokenizer, HFTokenizer
 from pirl.models.policy import ActionSample, ChunkEval, FlowPolicy
 
 def prefix_inputs(fi: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -166,8 +167,7 @@ class Pi0Policy(FlowPolicy):
         (H, D)); the loss covers the C demonstrated steps and the D_env real dims."""
         fi = forward_inputs
         a = self.processor.to_delta(actions.float().to(fi["raw_state"].device), fi["raw_state"])
-        if self.processor.norm_stats is not None:
-            a = normalize(a, self.processor.norm_stats["actions"], self.processor.pcfg.normalization)
+        a = self.processor.normalize_actions(a)
         padded, mask = pad_demonstrations(a, self.model.cfg.action_horizon, self.model.cfg.action_dim)
         loss, _ = self.model.sft_loss(*prefix_inputs(fi), fi["state"], padded, mask,
                                       generator=generator)
@@ -183,4 +183,34 @@ class Pi0Policy(FlowPolicy):
                       tokenizer=self.processor.tokenizer.encoder)
             if meta:
                 (tmp / "train_meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        return Path(directory)
+
+    def export(self, directory, fmt: str, state_dim: int | None = None, tokenizer_name: str | None = None) -> Path:
+        """Write the policy for openpi (`fmt` "openpi", its PyTorch layout) or lerobot
+        ("lerobot", a folder its `from_pretrained` loads), LoRA merged, written whole then
+        renamed. lerobot needs the env's state dims (default: the state stats' length) and
+        the tokenizer's lerobot name (default: the HF tokenizer's own name, else PaliGemma's)."""
+        if fmt not in (OPENPI, LEROBOT):
+            raise ValueError(f"export format must be {OPENPI!r} or {LEROBOT!r}, got {fmt!r}")
+        has_lora = any(".lora_" in n for n, _ in self.model.named_parameters())
+        tensors = merged_state_dict(self.model) if has_lora else None
+        stats = self.processor.norm_stats
+        if fmt == OPENPI:
+            with atomic_dir(directory) as tmp:
+                export_openpi(self.model, tmp, stats, tensors=tensors)
+            return Path(directory)
+        if stats is None:
+            raise CheckpointError("export to lerobot needs norm stats (its processor files carry them)")
+        encoder = self.processor.tokenizer.encoder
+        if tokenizer_name is None and isinstance(encoder, ByteTokenizer):
+            raise CheckpointError("lerobot has no byte tokenizer: give tokenizer_name (a tokenizer directory or "
+                                  "hub id lerobot can load)")
+        if tokenizer_name is None and isinstance(encoder, HFTokenizer):
+            tokenizer_name = encoder.name
+        moded = {k: replace(v, mode=self.processor.mode(k)) for k, v in stats.items()}
+        with atomic_dir(directory) as tmp:
+            export_lerobot(self.model, tmp, moded, state_dim=state_dim or int(stats["state"].mean.shape[0]),
+                           action_env_dim=self.spec.action_env_dim,
+                           delta_action_mask=self.processor.pcfg.delta_action_mask, tensors=tensors,
+                           tokenizer_name=tokenizer_name)
         return Path(directory)
