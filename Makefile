@@ -36,6 +36,13 @@ $(VENV)/.pirl-installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]" "torch==2.13.0"
+	touch $@ $(VENV)/.core-installed
+
+# pirl without the dev tools: what `make train` needs (it installs nothing it does not use).
+$(VENV)/.core-installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"
+	$(PY) -m pip install -q --disable-pip-version-check -e . "torch==2.13.0"
 	touch $@
 
 $(VENV)/.sim-installed: $(VENV)/.pirl-installed scripts/install_sim_deps.sh
@@ -43,13 +50,13 @@ $(VENV)/.sim-installed: $(VENV)/.pirl-installed scripts/install_sim_deps.sh
 	touch $@
 
 # MetaWorld alone (make train's simulator): its Python package and MuJoCo's EGL/OSMesa libraries.
-$(VENV)/.metaworld-installed: $(VENV)/.pirl-installed scripts/install_metaworld_deps.sh
+$(VENV)/.metaworld-installed: $(VENV)/.core-installed scripts/install_metaworld_deps.sh
 	bash scripts/install_metaworld_deps.sh $(PY)
 	touch $@
 
 # SFT -> eval -> PPO (launcher, 2 ranks) -> eval -> before/after table. SEED varies every
 # random choice of the job (demos, initial weights, rollouts); bench/quickstart.py runs 3.
-train: install $(SIM_DEP)
+train: $(VENV)/.core-installed $(SIM_DEP)
 	$(PY) -m pirl.sft --config-name $(CONFIG) --out $(RUN)/sft --seed $(SEED) $(SFT_ARGS) runner.logger.log_path=$(RUN)
 	$(PY) -m pirl.eval --config-name $(CONFIG) --checkpoint $(RUN)/sft --out $(RUN)/eval_sft $(EVAL_ARGS)
 	launcher/run.sh $(CONFIG) actor.model.model_path=$(abspath $(RUN)/sft) runner.logger.log_path=$(RUN) \
