@@ -245,7 +245,8 @@ def evaluate_checkpoint(cfg, checkpoint: str, per_task: int, sampling: str, out_
         env = make_env(env_cfg, envs_per_rank, seed=int(split.seed), rank=dist.rank)
         state_dim = env.state_dim
     torch.manual_seed(int(cfg.runner.seed))
-    policy = build_policy(cfg.actor.model, state_dim=state_dim).to(dist.device).eval()
+    policy = build_policy(cfg.actor.model, state_dim=state_dim, sampling=cfg.rollout.sampling_params)
+    policy = policy.to(dist.device).eval()
     check_fits(checkpoint, cfg, state_dim, getattr(getattr(policy, "processor", None), "norm_stats", None))
     if env is None:
         env = make_env(env_cfg, envs_per_rank, seed=int(split.seed), rank=dist.rank)

@@ -156,9 +156,9 @@ def train(cfg, demos: Demonstrations, all_demos: Demonstrations, steps: int, lr:
     model_cfg = copy.deepcopy(cfg.actor.model)
     model_cfg.model_path = None
     state_dim = int(demos.observations["states"].shape[-1])
-    policy = build_policy(model_cfg, state_dim=state_dim)
+    policy = build_policy(model_cfg, state_dim=state_dim, sampling=cfg.rollout.sampling_params)
     processor = getattr(policy, "processor", None)  # π0's: norm stats from the demos travel with it
-    if processor is not None and processor.norm_stats is None:
+    if model_cfg.model_type == "openpi" and processor is not None and processor.norm_stats is None:
         processor.norm_stats = demo_norm_stats(policy, all_demos)
     replica = copy.deepcopy(policy)
     actor = ActorEngine(FlowMatchingObjective(policy), sft_actor_config(cfg.actor, batch_size, dist.world_size, lr),

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pirl.flow import FlowSpec
 from pirl.models.policy import ActionSample, ChunkEval, FlowPolicy, Policy
 
-MODEL_TYPES = ("flow_mlp", "openpi")
+MODEL_TYPES = ("flow_mlp", "openpi", "openvla_oft")
 
 
 def flow_spec(model_cfg) -> FlowSpec:
@@ -20,8 +20,9 @@ def flow_spec(model_cfg) -> FlowSpec:
     )
 
 
-def build_policy(model_cfg, state_dim: int) -> Policy:
-    """`actor.model` section + the env's state size -> a Policy (fp32 on CPU)."""
+def build_policy(model_cfg, state_dim: int, sampling=None) -> Policy:
+    """`actor.model` section + the env's state size (+ `rollout.sampling_params` for a token
+    policy) -> a Policy (on CPU)."""
     if model_cfg.model_type == "flow_mlp":
         from pirl.models.flow_mlp import FlowMLPPolicy
 
@@ -46,6 +47,12 @@ def build_policy(model_cfg, state_dim: int) -> Policy:
         from pirl.models.pi0 import build_pi0_policy
 
         return build_pi0_policy(model_cfg, state_dim)
+    if model_cfg.model_type == "openvla_oft":
+        from pirl.models.oft import build_oft_policy
+
+        if sampling is None:
+            raise ValueError("openvla_oft samples tokens: build_policy needs rollout.sampling_params")
+        return build_oft_policy(model_cfg, sampling)
     raise ValueError(f"actor.model.model_type must be one of {MODEL_TYPES}, got {model_cfg.model_type!r}")
 
 
