@@ -31,11 +31,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from pirl.checkpoint import CheckpointError
     from pirl.engine.dist import init_distributed
+    from pirl.engine.watchdog import watch_ranks
     from pirl.runner import Runner
 
-    dist = init_distributed()
+    dist = init_distributed(timeout_s=cfg.cluster.timeout_s)
+    lcfg = cfg.runner.logger
+    hint = (f"The newest complete checkpoint under {lcfg.log_path}/{lcfg.experiment_name}/checkpoints "
+            f"resumes with runner.resume_dir=auto.")
     try:
-        results = Runner(cfg, dist).run()
+        with watch_ranks(dist.rank, dist.world_size, cfg.cluster.timeout_s, hint, agreed=(CheckpointError,)):
+            results = Runner(cfg, dist).run()
     except CheckpointError as e:  # a damaged or incompatible checkpoint: one message, every rank
         print(f"checkpoint error: {e}", file=sys.stderr)
         return 2
