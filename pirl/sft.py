@@ -18,7 +18,7 @@ import torch
 
 from pirl.envs.reach2d import Reach2DEnv
 from pirl.models import build_policy
-from pirl.models.policy import FlowPolicy
+from pirl.models.policy import Policy
 
 
 def expert_chunk(env: Reach2DEnv, chunk: int, noise: float = 0.0,
@@ -75,9 +75,9 @@ def collect_demos(env: Reach2DEnv, episodes_per_env: int, chunk: int, noise: flo
     return _concat(observations), torch.cat(actions)
 
 
-def train_flow_matching(policy: FlowPolicy, observations: dict, actions: torch.Tensor, steps: int,
+def train_flow_matching(policy: Policy, observations: dict, actions: torch.Tensor, steps: int,
                         lr: float = 1e-3, batch_size: int = 128, seed: int = 0) -> list[float]:
-    """Fit any FlowPolicy's velocity field to the demonstrations through its own
+    """Fit any Policy's velocity field to the demonstrations through its own
     `preprocess` and `sft_loss` (AdamW over the trainable parameters, minibatches drawn with
     replacement). actions (N, C, D_env) in env units. Returns the loss of every step."""
     N = actions.shape[0]
@@ -112,7 +112,7 @@ def demo_norm_stats(policy, observations: dict, actions: torch.Tensor) -> dict:
 
 
 def warm_start(cfg, episodes_per_env: int, num_envs: int = 16, noise: float = 0.0, steps: int = 1500,
-               lr: float = 1e-3, seed: int = 0) -> tuple[FlowPolicy, list[float]]:
+               lr: float = 1e-3, seed: int = 0) -> tuple[Policy, list[float]]:
     """Build the experiment's policy (any model type) and fit it to expert demos of its
     train env: `episodes_per_env` x `num_envs` demonstrated episodes, observed as the RL run
     will observe them (rendered when env.train.extra.render says so)."""
@@ -126,9 +126,9 @@ def warm_start(cfg, episodes_per_env: int, num_envs: int = 16, noise: float = 0.
     torch.manual_seed(seed)
     model_cfg = cfg.actor.model.copy() if hasattr(cfg.actor.model, "copy") else cfg.actor.model
     model_cfg.model_path = None
-    policy = build_policy(model_cfg, state_dim=env.state_dim)
+    policy = build_policy(model_cfg, state_dim=env.state_dim, sampling=cfg.rollout.sampling_params)
     processor = getattr(policy, "processor", None)  # π0's observation pipeline; flow_mlp has none
-    if processor is not None and processor.norm_stats is None:
+    if model_cfg.model_type == "openpi" and processor is not None and processor.norm_stats is None:
         processor.norm_stats = demo_norm_stats(policy, observations, actions)
     losses = train_flow_matching(policy, observations, actions, steps, lr, seed=seed)
     return policy.eval(), losses

@@ -380,7 +380,7 @@ def test_flow_mlp_ppo_on_reach2d_same_on_both_paths(monkeypatch, method, joint):
         monkeypatch.setenv("TRITON_INTERPRET", "1" if backend == "triton" else "0")
         out = {}
         for lt in LOGPROB_TYPES:
-            ev = policy.evaluate(inputs, sample.chains, sample.step_mask)
+            ev = policy.evaluate(inputs, sample.replay)
             # Old log-probs a little off the current policy, so some ratios clip.
             old = reduce_logprob(sample.logprob, lt)
             old = old + 0.3 * torch.randn(old.shape, generator=torch.Generator().manual_seed(6))

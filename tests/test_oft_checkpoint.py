@@ -187,3 +187,38 @@ def test_pirl_format_round_trip(tmp_path, tokenizer):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(ck.CheckpointError, match="missing"):
         ck.load_weights(b, tmp_path)
+
+
+def test_peft_adapter_folder_is_folded_into_the_hf_weights(tmp_path, tokenizer):
+    a = _model(seed=0)
+    hf = to_hf_state(a.state_dict())
+    write_hf_checkpoint(tmp_path / "base", hf, TINY, tokenizer, _stats())
+    g = torch.Generator().manual_seed(5)
+    qkv = "vision_backbone.featurizer.blocks.0.attn.qkv"  # timm's fused qkv takes one adapter
+    q = "language_model.model.layers.1.self_attn.q_proj"
+    adapters = {}
+    for mod in (qkv, q):
+        W = hf[mod + ".weight"]
+        adapters[f"base_model.model.{mod}.lora_A.weight"] = torch.randn(4, W.shape[1], generator=g)
+        adapters[f"base_model.model.{mod}.lora_B.weight"] = torch.randn(W.shape[0], 4, generator=g)
+    (tmp_path / "lora").mkdir()
+    save_file(adapters, str(tmp_path / "lora" / "adapter_model.safetensors"))
+    (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8}))
+    b = _model(seed=1)
+    ck.load_weights(b, tmp_path / "base", adapter=tmp_path / "lora")
+    for mod in (qkv, q):
+        A, B = adapters[f"base_model.model.{mod}.lora_A.weight"], adapters[f"base_model.model.{mod}.lora_B.weight"]
+        expect = hf[mod + ".weight"].double() + 2.0 * B.double() @ A.double()
+        if mod == qkv:
+            D = expect.shape[0] // 3
+            got = torch.cat([b.state_dict()[f"vision_backbone.featurizer.blocks.0.attention.{n}_proj.weight"]
+                             for n in "qkv"])
+            assert got.shape[0] == 3 * D
+        else:
+            got = b.state_dict()[mod + ".weight"]
+        assert torch.allclose(got.double(), expect, atol=1e-5), mod
+    adapters["base_model.model.projector.fc1.lora_A.weight"] = torch.randn(4, 3)
+    adapters["base_model.model.projector.fc1.lora_B.weight"] = torch.randn(5, 4)
+    save_file(adapters, str(tmp_path / "lora" / "adapter_model.safetensors"))
+    with pytest.raises(ck.CheckpointError, match=r"projector\.fc1: A \(4, 3\) and B \(5, 4\) do not fit"):
+        ck.load_weights(_model(seed=1), tmp_path / "base", adapter=tmp_path / "lora")

@@ -46,15 +46,15 @@ def test_sde_sample_logprob_is_the_gaussian_of_the_chosen_step(pi05):
     fi = pol.preprocess(_obs())
     s = pol.sample(fi, generator=torch.Generator().manual_seed(1))
     K, B = 4, 3
-    assert s.chains.shape == (B, K + 1, 4, 8) and s.actions.shape == (B, 3, 3) and s.logprob.shape == (B, 3, 3)
-    assert (s.step_mask.sum(1) == 1).all()
+    assert s.replay["chains"].shape == (B, K + 1, 4, 8) and s.actions.shape == (B, 3, 3) and s.logprob.shape == (B, 3, 3)
+    assert (s.replay["step_mask"].sum(1) == 1).all()
     # independent float64 recomputation of x_{k+1} | x_k for each row's stochastic step
     with torch.no_grad():
         _, kv, pad = pol.model.prefix_forward(fi["images"], fi["image_masks"], fi["tokens"], fi["token_masks"])
         for b in range(B):
-            k = int(s.step_mask[b].float().argmax())
+            k = int(s.replay["step_mask"][b].float().argmax())
             t = 1 - k / K
-            x = s.chains[b:b + 1, k]
+            x = s.replay["chains"][b:b + 1, k]
             v = pol.model.velocity(pol.model.suffix_forward(
                 tuple((a[b:b + 1], c[b:b + 1]) for a, c in kv), pad[b:b + 1], fi["state"][b:b + 1], x,
                 torch.tensor([t]))).double()
@@ -62,13 +62,14 @@ def test_sde_sample_logprob_is_the_gaussian_of_the_chosen_step(pi05):
             sigma = 0.5 * math.sqrt(t / (1 - t)) if t < 1 else 0.5 * math.sqrt(K)
             mean = x - v / K - sigma ** 2 / K / (2 * t) * (x + (1 - t) * v)
             std = sigma * math.sqrt(1 / K)
-            lp = -((s.chains[b:b + 1, k + 1].double() - mean) ** 2) / (2 * std ** 2) - math.log(std) - 0.5 * math.log(2 * math.pi)
+            x_next = s.replay["chains"][b:b + 1, k + 1].double()
+            lp = -((x_next - mean) ** 2) / (2 * std ** 2) - math.log(std) - 0.5 * math.log(2 * math.pi)
             torch.testing.assert_close(s.logprob[b].double(), lp[0, :3, :3], rtol=1e-4, atol=1e-4)
             for j in range(K):  # the other steps are ODE
                 if j != k:
-                    assert not s.step_mask[b, j]
+                    assert not s.replay["step_mask"][b, j]
     # actions are the chain's end, through the processor, executed part only
-    torch.testing.assert_close(s.actions, pol.processor.postprocess(s.chains[:, -1], fi["raw_state"])[:, :3])
+    torch.testing.assert_close(s.actions, pol.processor.postprocess(s.replay["chains"][:, -1], fi["raw_state"])[:, :3])
 
 
 @pytest.mark.parametrize("pi05,method,joint", [(False, "flow_sde", False), (True, "flow_noise", True),
@@ -77,8 +78,8 @@ def test_evaluate_rescores_sample_exactly_and_trains_the_expert_only(pi05, metho
     pol = _policy(pi05, method, joint)
     fi = pol.preprocess(_obs())
     s = pol.sample(fi, generator=torch.Generator().manual_seed(2))
-    assert s.step_mask.all() if joint else (s.step_mask.sum(1) == 1).all()
-    ev = pol.evaluate(fi, s.chains, s.step_mask)
+    assert s.replay["step_mask"].all() if joint else (s.replay["step_mask"].sum(1) == 1).all()
+    ev = pol.evaluate(fi, s.replay)
     torch.testing.assert_close(ev.logprob, s.logprob, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ev.values, s.values, rtol=1e-5, atol=1e-5)
     assert s.values.abs().sum() > 0 and ev.entropy.shape == (3, 3, 3)
@@ -93,14 +94,14 @@ def test_eval_mode_is_pure_ode():
     pol = _policy(True)
     fi = pol.preprocess(_obs())
     s = pol.sample(fi, mode="eval", generator=torch.Generator().manual_seed(3))
-    assert not s.step_mask.any() and (s.logprob == 0).all()
+    assert not s.replay["step_mask"].any() and (s.logprob == 0).all()
     with torch.no_grad():
         _, kv, pad = pol.model.prefix_forward(fi["images"], fi["image_masks"], fi["tokens"], fi["token_masks"])
-        x = s.chains[:, 0]
+        x = s.replay["chains"][:, 0]
         for k in range(4):
             t = torch.full((3,), 1 - k / 4)
             x = x - pol.model.velocity(pol.model.suffix_forward(kv, pad, fi["state"], x, t)) / 4
-            torch.testing.assert_close(s.chains[:, k + 1], x, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(s.replay["chains"][:, k + 1], x, rtol=1e-5, atol=1e-5)
 
 
 def test_value_after_vlm_and_detached_critic():
@@ -110,7 +111,7 @@ def test_value_after_vlm_and_detached_critic():
     assert v.shape == (3,) and v.abs().sum() > 0
     s = pol.sample(fi, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(s.values, v)
-    ev = pol.evaluate(fi, s.chains, s.step_mask)
+    ev = pol.evaluate(fi, s.replay)
     ev.values.sum().backward()
     assert pol.model.value_head.net[0].weight.grad.abs().sum() > 0
     lm = pol.model.paligemma_with_expert.language_model
@@ -128,7 +129,7 @@ def test_builder_loads_a_pirl_checkpoint_and_checks_variant(tmp_path):
         build_pi0_policy(_cfg(False, tokenizer_path=str(tmp_path / "none.model")))
     cfg05 = _cfg(True)
     cfg05.model_path = str(tmp_path / "ck")
-    with pytest.raises(ValueError, match="holds a π0 model"):
+    with pytest.raises(ValueError, match="pi05 False vs actor.model.openpi.pi05 True"):
         build_pi0_policy(cfg05)
     with pytest.raises(ValueError, match="config_name"):
         build_pi0_policy(_cfg(False, config_name="pi7"))

@@ -1,5 +1,6 @@
 """π0 processor: images, prompt formats with a tokenizer trained here, norm stats, delta actions."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ import torch
 from pirl.models.pi0.configuration import preset
 from pirl.models.pi0.normalize import (NormStats, compute_norm_stats, load_norm_stats, normalize, save_norm_stats,
                                       unnormalize)
-from pirl.models.pi0.processor import Pi0Processor, ProcessorConfig, resize_with_pad, to_unit_range
+from pirl.models.pi0.processor import (AugmentDraw, Pi0Processor, ProcessorConfig, augment, draw_augment,
+                                      resize_with_pad, to_unit_range)
 from pirl.models.pi0.tokenizer import (ByteTokenizer, PromptTokenizer, SentencePieceTokenizer, clean_prompt,
                                        discretize_state)
 
@@ -136,6 +138,91 @@ def test_augmentation_only_in_training_and_switchable():
     assert not torch.equal(base, aug) and aug.min() >= -1 and aug.max() <= 1
     proc.pcfg.train_augment = False
     assert torch.equal(proc(obs)["images"], base)
+
+
+def test_augment_draws_are_uniform_over_openpi_ranges():
+    g = torch.Generator().manual_seed(0)
+    N, S = 3000, 224
+    draws = [draw_augment(S, g) for _ in range(N)]
+    bound = 1.95 / N ** 0.5  # Kolmogorov-Smirnov at the 0.1% level; a range off by 0.05 gives ~0.08
+    for name, (lo, hi) in (("angle_deg", (-5.0, 5.0)), ("brightness", (0.7, 1.3)), ("contrast", (0.6, 1.4)),
+                           ("saturation", (0.5, 1.5))):
+        x = np.sort([getattr(d, name) for d in draws])
+        assert lo <= x[0] and x[-1] <= hi, name
+        cdf, i = (x - lo) / (hi - lo), np.arange(1, N + 1)
+        assert max((i / N - cdf).max(), (cdf - (i - 1) / N).max()) < bound, name
+    slack = S - int(S * 0.95)  # 12: offsets 0..12 of a 212-pixel crop
+    for name in ("top", "left"):
+        counts = np.bincount([getattr(d, name) for d in draws], minlength=slack + 1)
+        assert counts.shape == (slack + 1,)
+        np.testing.assert_allclose(counts / N, 1 / (slack + 1), atol=0.02)
+
+
+def _ref_bilinear(img, py, px):
+    """float64 bilinear sample of img (C, H, W) at pixel coordinates py, px (h, w); zero outside."""
+    C, H, W = img.shape
+    y0, x0 = torch.floor(py), torch.floor(px)
+    out = torch.zeros(C, *py.shape, dtype=torch.float64)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            yy, xx = y0 + dy, x0 + dx
+            w = (1 - (py - yy).abs()) * (1 - (px - xx).abs())
+            inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+            vals = img[:, yy.clamp(0, H - 1).long(), xx.clamp(0, W - 1).long()]
+            out += torch.where(inside, w, torch.zeros_like(w)) * vals
+    return out
+
+
+def _ref_augment(img, d, geometric):
+    """float64 openpi augmentation of one image (3, S, S) in [-1, 1], written out pixel by pixel."""
+    x = img.double() / 2 + 0.5
+    S = x.shape[-1]
+    if geometric:
+        c = int(S * 0.95)
+        crop = x[:, d.top:d.top + c, d.left:d.left + c]
+        src = ((torch.arange(S, dtype=torch.float64) + 0.5) * c / S - 0.5).clamp(0, c - 1)  # half-pixel resize
+        x = _ref_bilinear(crop, src[:, None].expand(S, S), src[None, :].expand(S, S))
+        if abs(d.angle_deg) > 0.1:
+            a = math.radians(d.angle_deg)
+            lin = torch.linspace(-1, 1, S, dtype=torch.float64)
+            gy, gx = lin[:, None].expand(S, S), lin[None, :].expand(S, S)
+            u, v = gx * math.cos(a) - gy * math.sin(a), gx * math.sin(a) + gy * math.cos(a)
+            x = _ref_bilinear(x, ((v + 1) * S - 1) / 2, ((u + 1) * S - 1) / 2)
+    x = x * d.brightness
+    x = (x - x.mean()) * d.contrast + x.mean()
+    gray = x.mean(0, keepdim=True)
+    x = gray + (x - gray) * d.saturation
+    return x.clamp(0, 1) * 2 - 1
+
+
+@pytest.mark.parametrize("angle", [3.7, -4.2, 0.05])
+def test_augment_matches_a_float64_reference(angle):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 28, 28, generator=g) * 2 - 1
+    d = AugmentDraw(top=1, left=2, angle_deg=angle, brightness=1.2, contrast=0.7, saturation=1.4)
+    for geometric in (True, False):
+        out = augment(x, d, geometric)
+        for i in range(2):
+            torch.testing.assert_close(out[i].double(), _ref_augment(x[i], d, geometric), rtol=0, atol=2e-5)
+
+
+def test_processor_augments_per_batch_and_spares_wrist_geometry():
+    cfg = preset("pi0_tiny")
+    proc = Pi0Processor(cfg, PromptTokenizer(ByteTokenizer(), cfg.max_token_len, False, 512), None,
+                        ProcessorConfig(train_augment=True))
+    proc.training = True
+    g = torch.Generator().manual_seed(3)
+    img = torch.randint(0, 255, (1, 28, 28, 3), dtype=torch.uint8, generator=g).expand(4, 28, 28, 3)
+    obs = {"main_images": img, "wrist_images": img, "states": torch.randn(4, 2), "task_descriptions": ["x"] * 4}
+    out = proc(obs, torch.Generator().manual_seed(7))["images"]  # (B, NC, 3, S, S)
+    assert all(torch.equal(out[0], out[i]) for i in range(1, 4))  # one draw for the whole batch
+    replay = torch.Generator().manual_seed(7)
+    d_base, d_wrist = draw_augment(28, replay), draw_augment(28, replay)  # one draw per camera, slot order
+    x = to_unit_range(resize_with_pad(img[:1], 28))[0]
+    torch.testing.assert_close(out[0, 0].double(), _ref_augment(x, d_base, geometric=True), rtol=0, atol=2e-5)
+    torch.testing.assert_close(out[0, 1].double(), _ref_augment(x, d_wrist, geometric=False), rtol=0, atol=2e-5)
+    again = proc(obs, torch.Generator().manual_seed(8))["images"]
+    assert not torch.allclose(again, out)
 
 
 def test_compute_norm_stats_matches_numpy():

@@ -86,19 +86,20 @@ class VideoConfig:
 
 @dataclass
 class EnvSplitConfig:
-    simulator_type: str = "reach2d"  # reach2d | maniskill | libero | metaworld
+    simulator_type: str = "reach2d"  # reach2d | maniskill | libero | metaworld | calvin
     task: Optional[Any] = None  # simulator task id(s), e.g. PickCube-v1, libero_spatial, MT10
     total_num_envs: int = 16  # across all env ranks
     max_episode_steps: int = 32  # env steps (not chunks) per episode
     auto_reset: bool = True  # reset an env when its episode ends, within the rollout
     ignore_terminations: bool = False  # True: run every episode to max_episode_steps
-    use_rel_reward: bool = False  # reward once on first success instead of every success step
+    use_rel_reward: bool = False  # pay r_t - r_{t-1} (RLinf's relative reward): a held success pays once
     reward_coef: float = 1.0  # scale of the env reward
     seed: int = 0  # env seed
     group_size: int = 1  # envs sharing an initial state (GRPO)
     num_workers: int = 0  # worker processes for simulators that need one env per process
     image_size: int = 64  # rendered RGB side length
     extra: dict = field(default_factory=dict)  # simulator-specific options
+    calvin_root: Optional[str] = None  # CALVIN: git checkout of mees/calvin (with calvin_env); null: $CALVIN_ROOT
 
 
 @dataclass
@@ -109,10 +110,24 @@ class EnvConfig:
 
 
 @dataclass
+class SamplingParamsConfig:
+    """How a token policy (OpenVLA-OFT) draws its action bins; the actor re-scores the stored
+    bins under the same train-time filter (pirl/models/oft/sampling.py)."""
+
+    do_sample: bool = True  # False: greedy (argmax) in rollout and eval
+    temperature_train: float = 1.0  # > 0: rollout temperature, also of the actor's log-probs
+    temperature_eval: float = 1.0  # eval temperature; <= 0: greedy eval
+    top_k: int = -1  # keep the k most probable bins; <= 0: all
+    top_p: float = 1.0  # nucleus: the most probable bins holding this mass, in (0, 1]
+    repetition_penalty: float = 1.0  # parallel decoding repeats no tokens: only 1.0 is taken
+
+
+@dataclass
 class RolloutConfig:
     pipeline_stage_num: int = 1  # split each env rank's envs into S groups, pipelined
     enable_offload: bool = False  # move rollout weights off the device while the actor trains
     mode: str = "colocate"  # seed key, informational: cluster.component_placement decides
+    sampling_params: SamplingParamsConfig = field(default_factory=SamplingParamsConfig)  # token policies
 
 
 @dataclass
@@ -148,12 +163,28 @@ class OpenPIConfig:
     delta_action_mask: Optional[list] = None  # per action dim: True where actions are deltas of the state
     train_augment: bool = False  # train-time image augmentation in the processor
     lora_targets: list = field(default_factory=lambda: ["vlm"])  # towers with LoRA: vlm, expert, vision
-    checkpoint_format: Optional[str] = None  # pirl | openpi | lerobot; null: detected from the files
+    checkpoint_format: Optional[str] = None  # pirl | openpi | openpi_jax | lerobot; null: detected from the files
+
+
+@dataclass
+class OFTModelConfig:
+    """pirl's OpenVLA-OFT settings (model_type openvla_oft); the reference system's own OFT
+    keys sit flat in actor.model."""
+
+    config_name: str = "openvla_7b"  # size preset (pirl/models/oft/configuration.py): openvla_7b | oft_tiny
+    attention: str = "bidirectional"  # bidirectional (OFT's parallel decoding) | causal (OpenVLA's)
+    normalization: str = "bounds_q99"  # bounds_q99 | bounds (min/max) | none (a model without statistics)
+    lora_targets: list = field(default_factory=lambda: ["decoder", "lm_head", "vision", "projector"])  # is_lora towers
+    gripper: str = "none"  # none | libero (gripper g in [0, 1] -> -sign(2g - 1), LIBERO's convention)
+    tokenizer_path: Optional[str] = None  # Llama SentencePiece tokenizer.model; null: the checkpoint's (bytes without one)
+    statistics_path: Optional[str] = None  # dataset_statistics.json to use instead of the checkpoint's
+    vision: Optional[list] = None  # per-tower ViTSpec overrides of the preset, e.g. [{depth: 2}, {depth: 2}]
+    llm: Optional[dict] = None  # LlamaSpec overrides of the preset, e.g. {num_layers: 4}
 
 
 @dataclass
 class ModelConfig:
-    model_type: str = "flow_mlp"  # flow_mlp | openpi
+    model_type: str = "flow_mlp"  # flow_mlp | openpi | openvla_oft
     model_path: Optional[str] = None  # checkpoint directory to load; must exist when set
     action_dim: int = 2  # env action dims
     num_action_chunks: int = 4  # executed actions per chunk (C)
@@ -171,6 +202,25 @@ class ModelConfig:
     trainable: list = field(default_factory=list)  # regexes of trainable params; empty = all the builder left trainable
     frozen: list = field(default_factory=list)  # regexes of frozen params (applied after)
     openpi: OpenPIConfig = field(default_factory=OpenPIConfig)
+    # OpenVLA-OFT (model_type openvla_oft), the reference system's model/openvla_oft.yaml keys:
+    implement_version: str = "rlinf"  # rlinf (RLinf's checkpoints) | official (moojink/openvla-oft: FiLM, proprio)
+    value_type: str = "action_level"  # critic outputs: action_level (one per executed action) | chunk_level
+    use_proprio: bool = False  # official: a proprio token after the image patches
+    proprio_dim: int = 8  # proprio state dims (use_proprio)
+    use_film: bool = False  # official: FiLM of the vision blocks by the prompt
+    unnorm_key: Optional[str] = None  # dataset of dataset_statistics.json (or <key>_no_noops); null: the only one
+    center_crop: bool = False  # crop the central 90% of the image area, resized back (OFT's eval crop)
+    max_prompt_length: int = 50  # prompt tokens incl. <s> and the final "▁", left-padded
+    num_images_in_input: int = 1  # cameras: main, then wrist
+    vocab_size: Optional[int] = None  # Llama's tokenizer vocabulary; checked against the model when set
+    hidden_size: Optional[int] = None  # Llama width; checked against the model when set
+    image_size: Optional[list] = None  # [S, S]; checked against the model when set
+    lora_path: Optional[str] = None  # peft adapter folder folded into model_path's weights at load
+    attn_implementation: str = "sdpa"  # sdpa | eager (flash_attention_2 cannot take OFT's bidirectional mask)
+    low_cpu_mem_usage: bool = True  # informational: pirl loads tensors straight into the built model
+    trust_remote_code: bool = False  # informational: pirl builds OpenVLA from transformers blocks, no remote code
+    policy_setup: str = "widowx_bridge"  # informational: ManiSkill's gripper mapping lives in the env adapter
+    oft: OFTModelConfig = field(default_factory=OFTModelConfig)
 
 
 @dataclass

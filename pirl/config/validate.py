@@ -37,7 +37,7 @@ LOGGER_BACKENDS = ("tensorboard", "wandb", "swanlab")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULERS = ("constant", "cosine")
-MODEL_TYPES = ("flow_mlp", "openpi")
+MODEL_TYPES = ("flow_mlp", "openpi", "openvla_oft")
 SIMULATOR_TYPES = SIMULATORS  # the adapters pirl.envs.make_env builds
 TASK_TYPES = ("embodied",)
 RESUME_AUTO = "auto"
@@ -328,13 +328,35 @@ def check_paths(cfg: DictConfig) -> dict[str, Path]:
         raise ConfigError(f"actor.ds_config: {ds} must hold a JSON object, got "
                           f"{type(parsed).__name__}")
     found["actor.ds_config"] = ds
+    for split in ("train", "eval") if eval_enabled(cfg) else ("train",):
+        if cfg.env[split].simulator_type == "calvin":  # the checkout, before any process starts
+            from pirl.envs.calvin import find_calvin_root
+
+            try:
+                found[f"env.{split}.calvin_root"] = find_calvin_root(cfg.env[split].calvin_root,
+                                                                     f"env.{split}.calvin_root").root
+            except FileNotFoundError as e:
+                raise ConfigError(str(e)) from None
     return found
+
+
+def check_token_policy(cfg: DictConfig) -> None:
+    """OpenVLA-OFT's keys and rollout.sampling_params, everything that needs no file."""
+    if cfg.actor.model.model_type != "openvla_oft":
+        return
+    from pirl.models.oft import check_oft
+
+    try:
+        check_oft(cfg.actor.model, cfg.rollout.sampling_params)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def validate(cfg: DictConfig, world_size: int) -> Placement:
     """All checks, for a job of `world_size` ranks; returns the placement."""
     check_fields(cfg)
     check_model_and_algorithm(cfg)
+    check_token_policy(cfg)
     placement = check_layout(cfg, world_size)
     check_paths(cfg)
     return placement

@@ -1,4 +1,4 @@
-"""The actor: a FlowPolicy (with its value head) trained under `deepspeed.initialize`.
+"""The actor: a Policy (with its value head) trained under `deepspeed.initialize`.
 
 The optimizer is ours (AdamW, a separate value-head learning rate, warmup + cosine), the
 sharding, gradient accumulation and clipping DeepSpeed's, configured by one rendered JSON
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pirl.engine.ds_config import render_ds_config, zero_stage
-from pirl.models.policy import FlowPolicy
+from pirl.models.policy import Policy
 
 VALUE_HEAD_PATTERN = re.compile(r"(^|\.)value_head\.")
 
@@ -124,7 +124,7 @@ class ActorEngine:
     """Owns the DeepSpeed engine of the policy. `train_step` runs one optimizer step over a
     list of this rank's micro-batches (DeepSpeed steps at the accumulation boundary)."""
 
-    def __init__(self, policy: FlowPolicy, actor_cfg, num_actor_ranks: int, total_steps: int):
+    def __init__(self, policy: Policy, actor_cfg, num_actor_ranks: int, total_steps: int):
         self.n_trainable, self.n_params = select_trainable(
             policy, list(actor_cfg.model.trainable), list(actor_cfg.model.frozen))
         self.ds_config = render_ds_config(actor_cfg, num_actor_ranks)
@@ -143,7 +143,7 @@ class ActorEngine:
         return int(self.engine.skipped_steps) + self.client_optimizer.skipped_steps
 
     @property
-    def module(self) -> FlowPolicy:
+    def module(self) -> Policy:
         return self.engine.module
 
     def train_step(self, micro_batches: list[dict], loss_fn: LossFn) -> dict[str, float]:

@@ -1,5 +1,5 @@
 """Env adapters behind one protocol (pirl/envs/base.py): reach2d (built in), ManiSkill3,
-LIBERO, MetaWorld. `make_env` is the one entry the runner uses.
+LIBERO, MetaWorld, CALVIN. `make_env` is the one entry the runner uses.
 
 Simulator envs are `pirl.envs.chunked.ChunkedVecEnv`s over a backend: all envs in this
 process (`num_workers: 0`), or spread over `num_workers` worker processes that are restarted
@@ -14,8 +14,11 @@ image_size and `extra`:
                 sim_backend (cpu | gpu; default gpu when CUDA is there), camera
     libero:     assets_path, reflections (true), fast_render (true), settle_steps (10)
     metaworld:  camera_name (corner2)
+    calvin:     instructions (train | validation), subtask_max_steps (null | 360), num_sequences
+                (1000), wrist_image_size (84), use_egl (false); the checkout: env.<split>.calvin_root
 Tasks: maniskill: an env id or a list (PickCube-v1); libero: a suite or "<suite>:<index>";
-metaworld: a task (reach-v3), MT10, MT50, ML45 (45 train tasks) or ML45:test (the 5 held out).
+metaworld: a task (reach-v3), MT10, MT50, ML45 (45 train tasks) or ML45:test (the 5 held out);
+calvin: calvin_abc, calvin_d or calvin_abcd (scenes; pirl/envs/calvin.py).
 Multi-task envs get tasks by GRPO group: group g runs task g % num_tasks.
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Optional
 
-SIMULATORS = ("reach2d", "maniskill", "libero", "metaworld")
+SIMULATORS = ("reach2d", "maniskill", "libero", "metaworld", "calvin")
 
 # Keys of `extra` each simulator accepts (besides the common ones); anything else is a typo.
 _COMMON_EXTRA = {"render", "reward_mode", "worker_timeout_s"}
@@ -32,6 +35,7 @@ _EXTRA_KEYS = {
     "maniskill": {"control_mode", "state_mode", "sim_backend", "camera"},
     "libero": {"assets_path", "reflections", "fast_render", "settle_steps"},
     "metaworld": {"camera_name"},
+    "calvin": {"instructions", "subtask_max_steps", "num_sequences", "wrist_image_size", "use_egl"},
 }
 
 
@@ -140,7 +144,19 @@ def _make_backend(kind: str, split_cfg: Any, extra: dict, num_envs: int, group_s
         return WorkerBackend(ms.ManiSkillFactory(tasks, group_size, **kwargs), num_envs,
                              num_workers or num_envs, timeout_s=timeout_s)
     factory: Callable[[int], Any]  # env index -> one simulator env
-    if kind == "metaworld":
+    if kind == "calvin":
+        from pirl.envs import calvin
+
+        suite, scenes = calvin.resolve_suite(task)
+        source = calvin.CheckoutSource(_get(split_cfg, "calvin_root"))  # checked here, not in a worker
+        factory = calvin.CalvinFactory(
+            source, scenes, group_size, main_size=image_size,
+            wrist_size=int(extra.get("wrist_image_size", calvin.WRIST_SIZE)),
+            use_egl=bool(extra.get("use_egl", False)),
+            instructions=str(extra.get("instructions") or calvin.default_instructions(suite)),
+            subtask_max_steps=extra.get("subtask_max_steps"),
+            num_sequences=int(extra.get("num_sequences", calvin.NUM_SEQUENCES)), render=render)
+    elif kind == "metaworld":
         from pirl.envs import metaworld as mw
 
         bench, names = mw.resolve_tasks(task)

@@ -9,8 +9,16 @@ Observations (dict):
     task_descriptions  list[str] of length B
 
 `chunk_step(actions (B, C, D))` returns (obs, rewards (B, C) fp32, terminations (B, C) bool,
-truncations (B, C) bool, infos). Within a chunk an env whose episode has ended executes no
-further actions (its later rewards are 0 and its done flags stay set). With `auto_reset`
+truncations (B, C) bool, infos).
+
+The episode protocol, one rule for every env (tests/test_env_protocol.py checks each):
+an env whose episode has ended executes no further actions; its later rewards are 0 and
+its termination / truncation flags stay set from the step it ended until the env is
+reset (for the rest of the chunk, and in later chunks without `auto_reset`), so
+`terminations[:, -1] | truncations[:, -1]` says whether the episode is over. An episode
+ends by termination or by truncation, never both. With `use_rel_reward` the env pays
+r_t - r_{t-1} (RLinf's relative reward, r_{-1} = 0 at the episode start): a success that
+is held pays once. With `auto_reset`
 the env is reset at the end of the chunk and `obs` is the new episode's first
 observation; the last observation of the finished episode is in `infos["final_obs"]`
 (full batch, rows valid where `infos["done"]`). `infos` also holds:

@@ -15,14 +15,14 @@ observations the policy sees are exactly those a render-every-step loop would gi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from pirl.envs.base import EPISODE_METRICS, Obs, StepResult
+from pirl.envs.base import Obs, StepResult
 
 # Seeds of auto-reset episodes come from a SeedSequence over (base seed, env, episode):
 # deterministic for a given `reset(seed)`, different for every env and episode.
@@ -42,8 +42,12 @@ class SingleEnv(Protocol):
     def reset(self, seed: int) -> None:
         """Start an episode whose initial state is a pure function of `seed`."""
 
-    def step(self, action: np.ndarray) -> tuple[float, bool, bool]:
-        """Apply `action (D,)` in env units; return (sim reward, sim terminated, success)."""
+    def step(self, action: np.ndarray) -> tuple:
+        """Apply `action (D,)` in env units; return (sim reward, sim terminated, success), or
+        (reward, terminated, success, extras) for a sim with more to say (CALVIN):
+        extras["truncated"] (bool) is the sim's own time limit (it ends the episode as a
+        truncation); every other key is a float episode statistic whose last value is
+        reported in infos["episode"] (e.g. CALVIN's avg_len)."""
 
     def observe(self) -> dict[str, np.ndarray]:
         """Observation of the current state, images rendered."""
@@ -60,6 +64,30 @@ class StepBatch:
     terminated: np.ndarray  # (n,) bool sim termination
     success: np.ndarray  # (n,) bool
     crashed: np.ndarray  # (n,) bool: the env's worker died; it was rebuilt and reset
+    truncated: Optional[np.ndarray] = None  # (n,) bool sim time limit; None: none
+    stats: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n,) float64 episode statistic
+
+
+def collect_steps(outs: Sequence[Optional[tuple]]) -> StepBatch:
+    """SingleEnv.step results of n envs -> a StepBatch; None marks an env whose worker
+    crashed (zeros, crashed True)."""
+    n = len(outs)
+    reward, truncated = np.zeros(n), np.zeros(n, dtype=bool)
+    terminated, success, crashed = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    stats: dict[str, np.ndarray] = {}
+    for j, out in enumerate(outs):
+        if out is None:
+            crashed[j] = True
+            continue
+        reward[j], terminated[j], success[j] = out[:3]
+        extras = out[3] if len(out) > 3 else {}
+        for key, value in extras.items():
+            if key == "truncated":
+                truncated[j] = bool(value)
+            else:
+                stats.setdefault(key, np.zeros(n))[j] = float(value)
+    return StepBatch(reward=reward, terminated=terminated, success=success, crashed=crashed,
+                     truncated=truncated, stats=stats)
 
 
 class Backend(Protocol):
@@ -98,14 +126,7 @@ class LocalBackend:
             self.envs[i].reset(int(s))
 
     def step(self, ids: Sequence[int], actions: np.ndarray) -> StepBatch:
-        out = [self.envs[i].step(a) for i, a in zip(ids, actions)]
-        n = len(out)
-        return StepBatch(
-            reward=np.array([o[0] for o in out], dtype=np.float64).reshape(n),
-            terminated=np.array([o[1] for o in out], dtype=bool).reshape(n),
-            success=np.array([o[2] for o in out], dtype=bool).reshape(n),
-            crashed=np.zeros(n, dtype=bool),
-        )
+        return collect_steps([self.envs[i].step(a) for i, a in zip(ids, actions)])
 
     def observe(self, ids: Sequence[int]) -> list[dict[str, np.ndarray]]:
         return [self.envs[i].observe() for i in ids]
@@ -194,6 +215,7 @@ class ChunkedVecEnv:
         self._term = np.zeros(b, dtype=bool)  # ended by termination, not yet reset
         self._trunc = np.zeros(b, dtype=bool)  # ended by truncation, not yet reset
         self._episode_index = np.zeros(b, dtype=np.int64)
+        self._ep_stats: dict[str, np.ndarray] = {}  # name -> (B,) last value of a sim episode statistic
         self._was_reset = False
 
     # ----------------------------------------------------------------- reset
@@ -220,6 +242,8 @@ class ChunkedVecEnv:
         self._prev_reward[mask] = 0.0
         self._term[mask] = False
         self._trunc[mask] = False
+        for values in self._ep_stats.values():
+            values[mask] = 0.0
 
     def _observe(self, ids: Sequence[int]) -> Obs:
         descriptions = self.backend.task_descriptions(ids)
@@ -263,8 +287,12 @@ class ChunkedVecEnv:
                 self._success_once[ids] |= batch.success
                 rewards[ids, c] = r
                 success[ids, c] = batch.success
+                for key, values in batch.stats.items():
+                    self._ep_stats.setdefault(key, np.zeros(b))[ids] = values
                 term = batch.terminated & (not self.ignore_terminations)
                 trunc = (self._ep_step[ids] >= self.max_episode_steps) | batch.crashed
+                if batch.truncated is not None:
+                    trunc |= batch.truncated
                 self._term[ids] |= term
                 self._trunc[ids] |= trunc & ~term
                 valid[ids[batch.crashed]] = False
@@ -278,6 +306,7 @@ class ChunkedVecEnv:
             "success_once": torch.from_numpy(self._success_once.astype(np.float32)),
             "episode_len": torch.from_numpy(self._ep_step.astype(np.float32)),
             "return": torch.from_numpy(self._ep_return.astype(np.float32)),
+            **{key: torch.from_numpy(values.astype(np.float32)) for key, values in self._ep_stats.items()},
         }
         all_ids = list(range(b))
         infos: dict[str, Any] = {
@@ -318,14 +347,15 @@ class ChunkedVecEnv:
 
 
 def episode_metrics(infos: dict[str, Any], task_names: Sequence[str]) -> dict[str, float]:
-    """`env/success_once`, `env/episode_len`, `env/return` over the episodes that ended (and
-    were valid) in one chunk step, overall and per task (`env/<task>/success_once` ...).
+    """`env/success_once`, `env/episode_len`, `env/return` (and the sim's episode statistics,
+    e.g. `env/avg_len`) over the episodes that ended (and were valid) in one chunk step,
+    overall and per task (`env/<task>/success_once` ...).
     Returns sums and counts so callers can aggregate over chunks: `env/<m>` is a mean over
     `env/num_episodes` episodes."""
     done = infos["done"].numpy() & infos["valid"].numpy()
     out: dict[str, float] = {"env/num_episodes": float(done.sum())}
     names = np.asarray(task_names)
-    for metric in EPISODE_METRICS:
+    for metric in infos["episode"]:
         vals = infos["episode"][metric].numpy().astype(np.float64)
         out[f"env/{metric}"] = float(vals[done].mean()) if done.any() else math.nan
         for task in sorted(set(task_names)):

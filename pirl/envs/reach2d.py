@@ -48,6 +48,9 @@ class Reach2DEnv:
         self.ret = torch.zeros(B)
         self.succeeded = torch.zeros(B, dtype=torch.bool)
         self.active = torch.ones(B, dtype=torch.bool)
+        self.terminated = torch.zeros(B, dtype=torch.bool)  # episode ended by success, not yet reset
+        self.truncated = torch.zeros(B, dtype=torch.bool)  # ... by the time limit
+        self.prev_reward = torch.zeros(B)  # r_{t-1} for relative rewards
         self.group_size = 1
 
     # ---- episode starts -------------------------------------------------------------
@@ -71,6 +74,9 @@ class Reach2DEnv:
         self.ret[rows] = 0
         self.succeeded[rows] = False
         self.active[rows] = True
+        self.terminated[rows] = False
+        self.truncated[rows] = False
+        self.prev_reward[rows] = 0.0
 
     def reset(self, seed: int | None = None, group_size: int = 1) -> Obs:
         if self.num_envs % group_size:
@@ -102,15 +108,19 @@ class Reach2DEnv:
             self.elapsed += live.long()
             at_goal = (self.pos - self._goal_pos()).norm(dim=1) < self.radius
             hit = live & at_goal
-            first = hit & ~self.succeeded
-            r = (first if self.use_rel_reward else hit).float() * self.reward_coef
+            r = hit.float() * self.reward_coef  # sparse: success is the reward
+            if self.use_rel_reward:  # RLinf's relative reward: a held success pays once
+                r, self.prev_reward = torch.where(live, r - self.prev_reward, 0.0), torch.where(live, r, self.prev_reward)
             rewards[:, c] = r
             self.ret += r
             self.succeeded |= hit
             success[:, c] = hit
             term = hit & ~torch.tensor(self.ignore_terminations)
             trunc = live & ~term & (self.elapsed >= self.max_episode_steps)
-            terms[:, c], truncs[:, c] = term, trunc
+            self.terminated |= term
+            self.truncated |= trunc
+            # flags stay set until the env is reset (pirl.envs.base)
+            terms[:, c], truncs[:, c] = self.terminated, self.truncated
             done |= term | trunc
         infos = {
             "done": done.clone(),
@@ -158,7 +168,8 @@ class Reach2DEnv:
 
     # ---- checkpointing: a resumed run continues the same episodes ---------------------------
     def state_dict(self) -> dict:
-        keys = ("pos", "targets", "goal", "elapsed", "ret", "succeeded", "active")
+        keys = ("pos", "targets", "goal", "elapsed", "ret", "succeeded", "active", "terminated", "truncated",
+                "prev_reward")
         return {k: getattr(self, k).clone() for k in keys} | {
             "generator": self.generator.get_state(), "group_size": self.group_size}
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from pirl.envs.chunked import SingleEnv, StepBatch, episode_seed
+from pirl.envs.chunked import SingleEnv, StepBatch, collect_steps, episode_seed
 
 # Seeds for an env rebuilt after a crash: far from the seeds episodes use.
 _RECOVERY_SEED_BASE = 1_000_003
@@ -57,8 +57,8 @@ def _serve(envs: dict[int, SingleEnv], cmd: str, payload: Any) -> Any:
         for i, s in payload:
             envs[i].reset(int(s))
         return {i: envs[i].task_description for i, _ in payload}
-    if cmd == "step":
-        return {i: envs[i].step(a) for i, a in payload}
+    if cmd == "step":  # with the instruction, which a step may change (CALVIN's next subtask)
+        return {i: (envs[i].step(a), envs[i].task_description) for i, a in payload}
     if cmd == "observe":
         return {i: envs[i].observe() for i in payload}
     if cmd == "crash":  # test hook: the worker dies as a segfaulting simulator would
@@ -228,18 +228,15 @@ class WorkerBackend:
 
     def step(self, ids: Sequence[int], actions: np.ndarray) -> StepBatch:
         merged, crashed = self._call("step", self._split(ids, list(zip(ids, actions))))
-        n = len(ids)
-        reward = np.zeros(n, dtype=np.float64)
-        terminated = np.zeros(n, dtype=bool)
-        success = np.zeros(n, dtype=bool)
-        crash = np.zeros(n, dtype=bool)
-        for j, i in enumerate(ids):
+        outs: list = []
+        for i in ids:
             if self._pending_crash[i] or i not in merged:
-                crash[j] = True
+                outs.append(None)
                 self._pending_crash[i] = False
             else:
-                reward[j], terminated[j], success[j] = merged[i]
-        return StepBatch(reward=reward, terminated=terminated, success=success, crashed=crash)
+                out, self._descriptions[i] = merged[i]
+                outs.append(out)
+        return collect_steps(outs)
 
     def observe(self, ids: Sequence[int]) -> list[dict[str, np.ndarray]]:
         merged, crashed = self._call("observe", self._split(ids, list(ids)))

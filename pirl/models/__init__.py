@@ -1,10 +1,10 @@
-"""Policies: the flow-policy interface, flow_mlp, and (pirl.models.pi0) π0 / π0.5."""
+"""Policies: the policy interface (pirl.models.policy), flow_mlp, and (pirl.models.pi0) π0 / π0.5."""
 from __future__ import annotations
 
 from pirl.flow import FlowSpec
-from pirl.models.policy import ChunkEval, ChunkSample, FlowPolicy
+from pirl.models.policy import ActionSample, ChunkEval, FlowPolicy, Policy
 
-MODEL_TYPES = ("flow_mlp", "openpi")
+MODEL_TYPES = ("flow_mlp", "openpi", "openvla_oft")
 
 
 def flow_spec(model_cfg) -> FlowSpec:
@@ -20,8 +20,9 @@ def flow_spec(model_cfg) -> FlowSpec:
     )
 
 
-def build_policy(model_cfg, state_dim: int) -> FlowPolicy:
-    """`actor.model` section + the env's state size -> a FlowPolicy (fp32 on CPU)."""
+def build_policy(model_cfg, state_dim: int, sampling=None) -> Policy:
+    """`actor.model` section + the env's state size (+ `rollout.sampling_params` for a token
+    policy) -> a Policy (on CPU)."""
     if model_cfg.model_type == "flow_mlp":
         from pirl.models.flow_mlp import FlowMLPPolicy
 
@@ -45,8 +46,14 @@ def build_policy(model_cfg, state_dim: int) -> FlowPolicy:
     if model_cfg.model_type == "openpi":
         from pirl.models.pi0 import build_pi0_policy
 
-        return build_pi0_policy(model_cfg)
+        return build_pi0_policy(model_cfg, state_dim)
+    if model_cfg.model_type == "openvla_oft":
+        from pirl.models.oft import build_oft_policy
+
+        if sampling is None:
+            raise ValueError("openvla_oft samples tokens: build_policy needs rollout.sampling_params")
+        return build_oft_policy(model_cfg, sampling)
     raise ValueError(f"actor.model.model_type must be one of {MODEL_TYPES}, got {model_cfg.model_type!r}")
 
 
-__all__ = ["ChunkEval", "ChunkSample", "FlowPolicy", "build_policy", "flow_spec", "MODEL_TYPES"]
+__all__ = ["ActionSample", "ChunkEval", "FlowPolicy", "Policy", "build_policy", "flow_spec", "MODEL_TYPES"]

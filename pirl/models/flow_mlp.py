@@ -18,7 +18,8 @@ from pirl.flow import FLOW_NOISE, FlowSpec, chain_logprob, executed, sample_chai
 from pirl.flow.matching import flow_matching_loss, pad_demonstrations, sample_times
 from pirl.models.heads import NoiseHead, ValueHead
 from pirl.models.io import save_policy
-from pirl.models.policy import ChunkEval, ChunkSample, FlowPolicy
+from pirl.data.buffer import FieldSpec
+from pirl.models.policy import ActionSample, ChunkEval, FlowPolicy
 
 TIME_EMB_DIM = 32
 # The network predicts the clean action x̂0; the velocity is derived as v = (x_t − x̂0)/t
@@ -60,6 +61,8 @@ class FlowMLPPolicy(FlowPolicy):
             raise ValueError(f"executed chunk ({spec.action_chunk}, {spec.action_env_dim}) exceeds the "
                              f"model's (horizon, action dim) = ({horizon}, {action_dim})")
         self.spec, self.horizon, self.action_dim = spec, horizon, action_dim
+        self.state_dim = state_dim
+        self.chain_shape = (horizon, action_dim)
         self.detach_critic_input = detach_critic_input
         self.encoder = mlp([state_dim, hidden_dim, hidden_dim])
         self.velocity_trunk = mlp([hidden_dim + horizon * action_dim + TIME_EMB_DIM] + [hidden_dim] * num_layers)
@@ -95,13 +98,16 @@ class FlowMLPPolicy(FlowPolicy):
             return features.new_zeros(features.shape[0], dtype=torch.float32)
         return self.value_head(features.detach() if self.detach_critic_input else features)
 
-    # ---- FlowPolicy ------------------------------------------------------------------------
+    # ---- Policy ------------------------------------------------------------------------------
+    def input_spec(self) -> dict[str, FieldSpec]:
+        return {"states": FieldSpec((self.state_dim,), torch.float32, "proprioceptive state, env units")}
+
     def preprocess(self, obs: dict) -> dict[str, torch.Tensor]:
         device = next(self.parameters()).device
         return {"states": torch.as_tensor(obs["states"], dtype=torch.float32, device=device)}
 
     @torch.no_grad()
-    def sample(self, forward_inputs, mode="train", generator=None) -> ChunkSample:
+    def sample(self, forward_inputs, mode="train", generator=None) -> ActionSample:
         states = forward_inputs["states"]
         B = states.shape[0]
         features = self.encoder(states)
@@ -110,18 +116,18 @@ class FlowMLPPolicy(FlowPolicy):
         chains, logprob = sample_chain(self._velocity_fn(features), x1, self.spec, step_mask, generator)
         if step_mask is None:
             step_mask = torch.zeros(B, self.spec.num_steps, dtype=torch.bool, device=states.device)
-        return ChunkSample(
+        return ActionSample(
             actions=executed(chains[:, -1], self.spec),
-            chains=chains,
-            step_mask=step_mask,
             logprob=executed(logprob, self.spec),
             values=self._values(features),
+            replay={"chains": chains, "step_mask": step_mask},
             forward_inputs=forward_inputs,
         )
 
-    def evaluate(self, forward_inputs, chains, step_mask) -> ChunkEval:
+    def evaluate(self, forward_inputs, replay) -> ChunkEval:
         features = self.encoder(forward_inputs["states"])
-        logprob, entropy = chain_logprob(self._velocity_fn(features), chains, step_mask, self.spec)
+        logprob, entropy = chain_logprob(self._velocity_fn(features), replay["chains"], replay["step_mask"],
+                                         self.spec)
         return ChunkEval(logprob=executed(logprob, self.spec), entropy=executed(entropy, self.spec),
                          values=self._values(features))
 

@@ -18,6 +18,8 @@ Layouts (a directory):
           LoRA adapters unmerged (`base_layer`, `lora_A.default`, `lora_B.default`); the LoRA
           scale is lora_alpha / r from lora_adapter/adapter_config.json, else the official
           loader's alpha = min(r, 16). That file replaces the vision weights of the main one.
+          A separate peft adapter folder (`actor.model.lora_path`, e.g. RLinf's ManiSkill
+          base LoRA) is folded into the base weights the same way.
     pirl  model.safetensors + pirl_config.json (OFTConfig) + dataset_statistics.json +
           tokenizer.model.
 The layout is read from the files present, never guessed from the path string.
@@ -30,7 +32,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from pirl.models.io import read_json, tensor_mismatches
 from pirl.models.oft.action_tokenizer import DATASET_STATISTICS
@@ -47,6 +50,7 @@ TOKENIZER = "tokenizer.model"
 BYTE_TOKENIZER = "byte"
 FILM_FILE, PROPRIO_FILE = "vision_backbone", "proprio_projector"  # `<name>--<step>_checkpoint.pt`
 ADAPTER_CONFIG = Path("lora_adapter") / "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # pirl's own critic: an OpenVLA checkpoint never has it; it keeps its init.
 PIRL_ONLY = re.compile(r"^value_head\.")
 TOWERS = ("featurizer", "fused_featurizer")
@@ -160,19 +164,65 @@ def lora_alpha(path: Path, rank: int) -> float:
     return float(min(rank, 16))  # official OFT's LoraConfig(lora_alpha=min(lora_rank, 16))
 
 
-def fold_lora(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
-    """peft names (`X.base_layer.weight`, `X.lora_A.default.weight`, `X.lora_B.default.weight`)
-    -> plain `X.weight` = W + (alpha / r)·B·A (fp32 product, stored in W's dtype)."""
-    out = {k.replace(".base_layer.", "."): v for k, v in state.items() if ".lora_" not in k}
-    for a_key in [k for k in state if k.endswith(".lora_A.default.weight")]:
-        base = a_key[: -len(".lora_A.default.weight")]
-        b_key = base + ".lora_B.default.weight"
-        if b_key not in state or base + ".weight" not in out:
-            raise CheckpointError(f"LoRA adapter {base}: needs lora_A, lora_B and base_layer weights")
-        A, B = state[a_key].float(), state[b_key].float()
-        W = out[base + ".weight"]
-        out[base + ".weight"] = (W.float() + lora_alpha(path, A.shape[0]) / A.shape[0] * (B @ A)).to(W.dtype)
+def fold_pairs(weights: dict[str, torch.Tensor], adapters: dict[str, tuple[torch.Tensor, torch.Tensor]],
+               alpha_of, where: str) -> dict[str, torch.Tensor]:
+    """W + (alpha / r)·B·A for every module `X` in `adapters` {X: (A (r, in), B (out, r))},
+    into `weights`[X.weight] (fp32 product, stored in W's dtype). `alpha_of(r)` gives alpha."""
+    out = dict(weights)
+    for module, (A, B) in adapters.items():
+        key = module + ".weight"
+        if key not in out:
+            raise CheckpointError(f"{where}: LoRA adapter for {module}, which has no base weight {key}")
+        W = out[key]
+        if (B.shape[0], A.shape[1]) != tuple(W.shape) or A.shape[0] != B.shape[1]:
+            raise CheckpointError(f"{where}: LoRA adapter {module}: A {tuple(A.shape)} and B {tuple(B.shape)} do "
+                                  f"not fit its weight {tuple(W.shape)}")
+        r = A.shape[0]
+        out[key] = (W.float() + alpha_of(r) / r * (B.float() @ A.float())).to(W.dtype)
     return out
+
+
+def _lora_pairs(state: dict[str, torch.Tensor], a_suffix: str, b_suffix: str, where: str):
+    pairs = {}
+    for a_key in [k for k in state if k.endswith(a_suffix)]:
+        module = a_key[: -len(a_suffix)]
+        if module + b_suffix not in state:
+            raise CheckpointError(f"{where}: LoRA adapter {module} has lora_A but no lora_B")
+        pairs[module] = (state[a_key], state[module + b_suffix])
+    return pairs
+
+
+def fold_lora(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """peft's in-model names (`X.base_layer.weight`, `X.lora_A.default.weight`,
+    `X.lora_B.default.weight`) -> plain `X.weight` with the adapter folded in."""
+    plain = {k.replace(".base_layer.", "."): v for k, v in state.items() if ".lora_" not in k}
+    pairs = _lora_pairs(state, ".lora_A.default.weight", ".lora_B.default.weight", str(path))
+    return fold_pairs(plain, pairs, lambda r: lora_alpha(path, r), str(path))
+
+
+def fold_adapter(tensors: dict[str, torch.Tensor], adapter: str | Path) -> dict[str, torch.Tensor]:
+    """`actor.model.lora_path`: a peft adapter folder (adapter_config.json +
+    adapter_model.safetensors, keys `base_model.model.X.lora_A.weight` over the OpenVLA HF
+    names, the reference system's LoRA of its OFT checkpoints) folded into the base
+    tensors, before the key map (a fused timm qkv takes its adapter whole)."""
+    adapter = Path(adapter)
+    cfg_file, weights = adapter / "adapter_config.json", adapter / ADAPTER_WEIGHTS
+    if not cfg_file.is_file() or not weights.is_file():
+        raise CheckpointError(f"actor.model.lora_path {adapter}: expected adapter_config.json and {ADAPTER_WEIGHTS}")
+    alpha = _read_json(cfg_file).get("lora_alpha")
+    if not isinstance(alpha, (int, float)):
+        raise CheckpointError(f"{cfg_file}: lora_alpha must be a number, got {alpha!r}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights} is truncated or corrupt: {e}") from e
+    prefix = "base_model.model."
+    stray = sorted(k for k in state if not k.startswith(prefix) or not k.endswith((".lora_A.weight", ".lora_B.weight")))
+    if stray:
+        raise CheckpointError(f"{weights}: tensors that are not LoRA A/B matrices: {stray[:20]}")
+    state = {k[len(prefix):]: v for k, v in state.items()}
+    pairs = _lora_pairs(state, ".lora_A.weight", ".lora_B.weight", str(weights))
+    return fold_pairs(tensors, pairs, lambda r: float(alpha), str(weights))
 
 
 def map_film_file(state: dict[str, torch.Tensor], cfg: OFTConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -255,10 +305,14 @@ def validate(model: OFTModel, tensors: dict[str, torch.Tensor], fmt: str, unmapp
         raise CheckpointError(f"{fmt} checkpoint does not match the OFT model: " + "; ".join(problems))
 
 
-def read_checkpoint(path: str | Path, cfg: OFTConfig, fmt: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """All tensors of a checkpoint under pirl's names (official extras merged in)."""
+def read_checkpoint(path: str | Path, cfg: OFTConfig, fmt: str,
+                    adapter: str | Path | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """All tensors of a checkpoint under pirl's names (official extras and a LoRA adapter
+    folder merged in)."""
     path = Path(path)
     tensors = read_tensors(path)
+    if adapter is not None:
+        tensors = fold_adapter(tensors, adapter)
     if fmt == PIRL:
         return tensors, []
     mapped, unmapped = map_hf_keys(tensors, cfg)
@@ -272,11 +326,12 @@ def read_checkpoint(path: str | Path, cfg: OFTConfig, fmt: str) -> tuple[dict[st
     return mapped, unmapped
 
 
-def load_weights(model: OFTModel, path: str | Path, fmt: str | None = None) -> str:
-    """Strictly load a checkpoint directory into `model`; returns the layout used."""
+def load_weights(model: OFTModel, path: str | Path, fmt: str | None = None, adapter: str | Path | None = None) -> str:
+    """Strictly load a checkpoint directory (+ a LoRA adapter folder) into `model`; returns
+    the layout used."""
     fmt = fmt or detect_format(path)
     check_config(path, fmt, model.cfg)
-    tensors, unmapped = read_checkpoint(path, model.cfg, fmt)
+    tensors, unmapped = read_checkpoint(path, model.cfg, fmt, adapter)
     validate(model, tensors, fmt, unmapped)
     expected = expected_tensors(model)
     with torch.no_grad():

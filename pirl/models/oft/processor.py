@@ -7,10 +7,11 @@ In (`OFTProcessor.__call__`): obs dict (pirl.envs.base) ->
     input_ids       (B, L) int64                <s>, left pads, "In: What action should the
                                                 robot take to {instruction}?\\nOut:", "▁"
     attention_mask  (B, L) bool                 False on pads
-    proprio         (B, P) fp32                 normalized proprio (use_proprio only)
+    proprio         (B, P) fp32                 normalized proprio (use_proprio only; as given
+                                                without statistics, normalization none)
 `pixel_values(images)` -> (B, N_cam·towers·3, S, S) fp32, each tower's normalization,
 channel-stacked per camera (Prismatic's fused-backbone contract).
-Out (`OFTProcessor.to_env`): bin indices (B, C, D) -> env actions (B, C, D_env) fp32.
+Out (`OFTProcessor.to_env`): bin indices (B, C, D) -> env actions (B, C, D) fp32.
 """
 from __future__ import annotations
 
@@ -155,23 +156,18 @@ def binarize_gripper(actions: torch.Tensor) -> torch.Tensor:
 
 class OFTProcessor:
     def __init__(self, cfg: OFTConfig, tokenizer: PromptTokenizer, action_bounds: Bounds | None,
-                 proprio_bounds: Bounds | None, center_crop: bool, gripper_binarize: bool, action_env_dim: int):
+                 proprio_bounds: Bounds | None, center_crop: bool, gripper_binarize: bool):
         if tokenizer.vocab_size != cfg.tokenizer_vocab:
             raise ValueError(f"the prompt tokenizer has {tokenizer.vocab_size} ids but the model's action ids "
                              f"assume {cfg.tokenizer_vocab} (llm vocab_size − pad_to_multiple_of)")
         if tokenizer.max_len != cfg.max_prompt_length:
             raise ValueError("tokenizer max_len and max_prompt_length differ")
-        if cfg.use_proprio and proprio_bounds is None:
-            raise ValueError("use_proprio needs proprio statistics (dataset_statistics.json)")
         if action_bounds is not None and action_bounds.low.numel() != cfg.action_dim:
             raise ValueError(f"action statistics cover {action_bounds.low.numel()} dims, the model has "
                              f"{cfg.action_dim} (actor.model.action_dim)")
-        if action_env_dim > cfg.action_dim:
-            raise ValueError(f"env action dim {action_env_dim} exceeds the model's action_dim {cfg.action_dim}")
         self.cfg, self.tokenizer = cfg, tokenizer
         self.action_bounds, self.proprio_bounds = action_bounds, proprio_bounds
         self.center_crop, self.gripper_binarize = center_crop, gripper_binarize
-        self.action_env_dim = action_env_dim
         self.actions = ActionTokenizer(cfg.n_action_bins)
 
     def __call__(self, obs: dict) -> dict[str, torch.Tensor]:
@@ -192,26 +188,26 @@ class OFTProcessor:
                              f"{cfg.num_images_in_input}")
         ids, mask = self.tokenizer(list(obs["task_descriptions"]))
         out = {"images": torch.stack(cams, dim=1), "input_ids": ids, "attention_mask": mask}
-        if self.proprio_bounds is not None:
+        if cfg.use_proprio:
             states = torch.as_tensor(obs["states"]).float()
             if states.shape[-1] != cfg.proprio_dim:
-                raise ValueError(f"states have {states.shape[-1]} dims, proprio_dim is {cfg.proprio_dim}")
-            out["proprio"] = self.proprio_bounds.normalize(states)
+                raise ValueError(f"states have {states.shape[-1]} dims, actor.model.proprio_dim is {cfg.proprio_dim}")
+            out["proprio"] = self.proprio_bounds.normalize(states) if self.proprio_bounds is not None else states
         return out
 
     def to_normalized(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.actions.detokenize(tokens)
 
     def to_env(self, tokens: torch.Tensor) -> torch.Tensor:
-        """bin indices (B, C, D) -> env actions (B, C, D_env) fp32: bin centres,
-        unnormalized with the dataset statistics, the LIBERO gripper convention if set,
-        the env's first D_env dims."""
+        """bin indices (B, C, D) -> env actions (B, C, D) fp32: bin centres, unnormalized
+        with the dataset statistics, the LIBERO gripper convention if set. The model's
+        action_dim is the env's (actor.model.action_dim)."""
         a = self.actions.detokenize(tokens)
         if self.action_bounds is not None:
             a = self.action_bounds.unnormalize(a)
         if self.gripper_binarize:
             a = binarize_gripper(a)
-        return a[..., : self.action_env_dim]
+        return a
 
     def to_tokens(self, actions: torch.Tensor) -> torch.Tensor:
         """Env actions (B, C, D) in env units -> bin indices (B, C, D) (demonstrations)."""

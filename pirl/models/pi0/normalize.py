@@ -1,23 +1,35 @@
-"""State / action normalization from openpi's `norm_stats.json`.
+"""State / action normalization: openpi's `norm_stats.json` and lerobot's normalizer stats.
 
 File layout (openpi): {"norm_stats": {"state": {"mean": [...], "std": [...], "q01": [...],
-"q99": [...]}, "actions": {...}}}. Stats may cover fewer dims than the model's padded
-dim D: only the first len(stats) dims are transformed, padding passes through.
+"q99": [...]}, "actions": {...}}}. pirl adds, only where they differ from openpi's defaults,
+"min"/"max", "mode" (the mode the stats were saved for) and "convention"/"eps". Stats may
+cover fewer dims than the model's padded dim D: only the first len(stats) dims are
+transformed, padding passes through.
 
-Modes (`normalization`): "zscore" (π0 default) (x − mean) / (std + ε);
-"quantile" (π0.5 default) 2·(x − q01) / (q99 − q01 + ε) − 1.
+Modes (`normalization`): "zscore" (π0 default), "quantile" (π0.5 default, q01/q99),
+"minmax" (min/max), "identity". lerobot calls them MEAN_STD, QUANTILES, MIN_MAX, IDENTITY.
+
+Conventions (whose formulas, so a loaded model sees exactly the numbers it was trained on):
+    openpi   zscore (x − mean) / (std + ε), inverse x·(std + ε) + mean;
+             quantile / minmax 2·(x − lo) / (hi − lo + ε) − 1, inverse likewise; ε = 1e-6
+    lerobot  zscore (x − mean) / (std + ε), inverse x·std + mean;
+             quantile / minmax 2·(x − lo) / d − 1 with d = hi − lo, ε where d == 0; ε = 1e-8
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-ZSCORE, QUANTILE = "zscore", "quantile"
-NORM_MODES = (ZSCORE, QUANTILE)
+ZSCORE, QUANTILE, MINMAX, IDENTITY = "zscore", "quantile", "minmax", "identity"
+NORM_MODES = (ZSCORE, QUANTILE, MINMAX, IDENTITY)
+OPENPI, LEROBOT = "openpi", "lerobot"
+CONVENTIONS = (OPENPI, LEROBOT)
 EPS = 1e-6  # openpi's guard against zero spread
+LEROBOT_EPS = 1e-8  # lerobot's NormalizerProcessorStep default
+_BOUNDS = {QUANTILE: ("q01", "q99"), MINMAX: ("min", "max")}
 
 
 @dataclass(frozen=True)
@@ -26,11 +38,21 @@ class NormStats:
     std: torch.Tensor
     q01: torch.Tensor | None = None
     q99: torch.Tensor | None = None
+    min: torch.Tensor | None = None
+    max: torch.Tensor | None = None
+    mode: str | None = None  # the mode these stats were saved for; None: the run's openpi.normalization
+    convention: str = OPENPI
+    eps: float = EPS
 
     def to_json(self) -> dict:
-        d = {"mean": self.mean.tolist(), "std": self.std.tolist()}
-        if self.q01 is not None and self.q99 is not None:
-            d.update(q01=self.q01.tolist(), q99=self.q99.tolist())
+        d: dict = {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        for k in ("q01", "q99", "min", "max"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k).tolist()
+        if self.mode is not None:
+            d["mode"] = self.mode
+        if (self.convention, self.eps) != (OPENPI, EPS):
+            d.update(convention=self.convention, eps=self.eps)
         return d
 
 
@@ -38,22 +60,29 @@ def _stats_from_json(d: dict, where: str) -> NormStats:
     for key in ("mean", "std"):
         if key not in d:
             raise ValueError(f"{where}: missing {key!r}; expected keys mean, std, q01, q99")
-    t = {k: torch.tensor(d[k], dtype=torch.float32) for k in ("mean", "std", "q01", "q99") if d.get(k) is not None}
+    t = {k: torch.tensor(d[k], dtype=torch.float32)
+         for k in ("mean", "std", "q01", "q99", "min", "max") if d.get(k) is not None}
     n = t["mean"].shape
     for k, v in t.items():
         if v.dim() != 1 or v.shape != n:
             raise ValueError(f"{where}.{k}: expected a 1-D list of {n[0]} numbers, got shape {tuple(v.shape)}")
-    return NormStats(t["mean"], t["std"], t.get("q01"), t.get("q99"))
+    mode, convention = d.get("mode"), d.get("convention", OPENPI)
+    if mode is not None and mode not in NORM_MODES:
+        raise ValueError(f"{where}.mode: expected one of {NORM_MODES}, got {mode!r}")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"{where}.convention: expected one of {CONVENTIONS}, got {convention!r}")
+    return NormStats(**t, mode=mode, convention=convention, eps=float(d.get("eps", EPS)))
 
 
 def compute_norm_stats(x: torch.Tensor) -> NormStats:
-    """Samples (N, D) -> per-dim mean, std, 1% and 99% quantiles (openpi computes the same
-    over the SFT dataset; exact quantiles here, where openpi bins a histogram)."""
+    """Samples (N, D) -> per-dim mean, std, 1% and 99% quantiles, min and max (openpi
+    computes the same over the SFT dataset; exact quantiles here, where openpi bins a histogram)."""
     if x.dim() != 2 or x.shape[0] < 2:
         raise ValueError(f"norm stats need samples (N >= 2, D), got shape {tuple(x.shape)}")
     x = x.double()
     q = torch.quantile(x, torch.tensor([0.01, 0.99], dtype=torch.float64), dim=0)
-    return NormStats(x.mean(0).float(), x.std(0).float(), q[0].float(), q[1].float())
+    return NormStats(x.mean(0).float(), x.std(0).float(), q[0].float(), q[1].float(), x.min(0).values.float(),
+                     x.max(0).values.float())
 
 
 def load_norm_stats(path: str | Path) -> dict[str, NormStats]:
@@ -73,40 +102,64 @@ def save_norm_stats(path: str | Path, stats: dict[str, NormStats]) -> None:
     Path(path).write_text(json.dumps({"norm_stats": {k: v.to_json() for k, v in stats.items()}}, indent=1))
 
 
+def to_convention(stats: NormStats, convention: str, eps: float) -> NormStats:
+    """The same transform written for another convention's formulas: exact for quantile /
+    minmax and for the zscore forward; the zscore inverse differs by ε_lerobot·|x| (1e-8·|x|),
+    since lerobot's inverse has no ε."""
+    if (stats.convention, stats.eps) == (convention, eps):
+        return stats
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    # zscore: both conventions divide by std + ε in the forward pass.
+    std = stats.std + stats.eps - eps
+    bounds = {}
+    for lo, hi in _BOUNDS.values():
+        if getattr(stats, lo) is None:
+            continue
+        width = _width(getattr(stats, lo), getattr(stats, hi), stats.convention, stats.eps)
+        new_hi = getattr(stats, lo) + width - (eps if convention == OPENPI else 0.0)
+        bounds[hi] = new_hi
+    return replace(stats, std=std, convention=convention, eps=eps, **bounds)
+
+
+def _width(lo: torch.Tensor, hi: torch.Tensor, convention: str, eps: float) -> torch.Tensor:
+    d = hi - lo
+    return d + eps if convention == OPENPI else torch.where(d == 0, torch.full_like(d, eps), d)
+
+
 def _check(stats: NormStats, mode: str) -> None:
     if mode not in NORM_MODES:
         raise ValueError(f"normalization must be one of {NORM_MODES}, got {mode!r}")
-    if mode == QUANTILE and stats.q01 is None:
-        raise ValueError("quantile normalization needs q01/q99 in norm_stats.json")
+    if mode in _BOUNDS and getattr(stats, _BOUNDS[mode][0]) is None:
+        lo, hi = _BOUNDS[mode]
+        raise ValueError(f"{mode} normalization needs {lo}/{hi} in the norm stats")
 
 
-def _quantiles(stats: NormStats, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q01, q99) on `device`; quantile mode only (`_check` has ensured they exist)."""
-    assert stats.q01 is not None and stats.q99 is not None
-    return stats.q01.to(device), stats.q99.to(device)
+def _transform(x: torch.Tensor, stats: NormStats, mode: str, inverse: bool) -> torch.Tensor:
+    _check(stats, mode)
+    if mode == IDENTITY:
+        return x.float()
+    n = stats.mean.shape[0]
+    head, tail = x[..., :n].float(), x[..., n:].float()
+    dev = x.device
+    if mode == ZSCORE:
+        mean = stats.mean.to(dev)
+        with_eps = stats.convention == OPENPI or not inverse  # lerobot's inverse has no ε
+        std = (stats.std + (stats.eps if with_eps else 0.0)).to(dev)
+        head = head * std + mean if inverse else (head - mean) / std
+    else:
+        lo_key, hi_key = _BOUNDS[mode]
+        lo = getattr(stats, lo_key).to(dev)
+        width = _width(lo, getattr(stats, hi_key).to(dev), stats.convention, stats.eps)
+        head = (head + 1.0) / 2.0 * width + lo if inverse else 2.0 * (head - lo) / width - 1.0
+    return torch.cat([head, tail], dim=-1)
 
 
 def normalize(x: torch.Tensor, stats: NormStats, mode: str) -> torch.Tensor:
     """x (..., N') with N' >= N stats dims -> same shape; dims beyond N untouched."""
-    _check(stats, mode)
-    n = stats.mean.shape[0]
-    head, tail = x[..., :n].float(), x[..., n:].float()
-    if mode == ZSCORE:
-        head = (head - stats.mean.to(x.device)) / (stats.std.to(x.device) + EPS)
-    else:
-        lo, hi = _quantiles(stats, x.device)
-        head = 2.0 * (head - lo) / (hi - lo + EPS) - 1.0
-    return torch.cat([head, tail], dim=-1)
+    return _transform(x, stats, mode, inverse=False)
 
 
 def unnormalize(x: torch.Tensor, stats: NormStats, mode: str) -> torch.Tensor:
     """Inverse of `normalize` on the first N dims."""
-    _check(stats, mode)
-    n = stats.mean.shape[0]
-    head, tail = x[..., :n].float(), x[..., n:].float()
-    if mode == ZSCORE:
-        head = head * (stats.std.to(x.device) + EPS) + stats.mean.to(x.device)
-    else:
-        lo, hi = _quantiles(stats, x.device)
-        head = (head + 1.0) / 2.0 * (hi - lo + EPS) + lo
-    return torch.cat([head, tail], dim=-1)
+    return _transform(x, stats, mode, inverse=True)

@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from pirl.data.buffer import FieldSpec
 from pirl.flow import FlowSpec, chain_logprob, executed, sample_chain, select_steps
 from pirl.flow.matching import pad_demonstrations
 from pirl.models.io import atomic_dir
-from pirl.models.pi0.checkpoint import save_pirl
+from pirl.models.pi0.checkpoint import LEROBOT, OPENPI, CheckpointError, export_lerobot, export_openpi, save_pirl
 from pirl.models.pi0.lora import merged_state_dict
 from pirl.models.pi0.modeling import Pi0Model
-from pirl.models.pi0.normalize import normalize
 from pirl.models.pi0.processor import Pi0Processor
-from pirl.models.policy import ChunkEval, ChunkSample, FlowPolicy
+from pirl.models.pi0.tokenizer import ByteTokenizer, HFTokenizer
+from pirl.models.policy import ActionSample, ChunkEval, FlowPolicy
 
 def prefix_inputs(fi: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The prefix tensors of `forward_inputs` in Pi0Model's argument order: images, image_masks, tokens, token_masks."""
@@ -57,7 +59,8 @@ class _StepValues:
 
 
 class Pi0Policy(FlowPolicy):
-    def __init__(self, model: Pi0Model, processor: Pi0Processor, spec: FlowSpec):
+    def __init__(self, model: Pi0Model, processor: Pi0Processor, spec: FlowSpec,
+                 state_dim: int | None = None):
         super().__init__()
         if spec.action_chunk > model.cfg.action_horizon or spec.action_env_dim > model.cfg.action_dim:
             raise ValueError(f"action_chunk {spec.action_chunk} / action_env_dim {spec.action_env_dim} exceed "
@@ -65,6 +68,8 @@ class Pi0Policy(FlowPolicy):
         if spec.noise_method == "flow_noise" and not model.cfg.add_noise_head:
             raise ValueError("noise_method flow_noise needs the model's noise head (add_noise_head)")
         self.model, self.processor, self.spec = model, processor, spec
+        self.chain_shape = (model.cfg.action_horizon, model.cfg.action_dim)
+        self.state_dim = state_dim
 
     # ---- helpers ----------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -97,7 +102,23 @@ class Pi0Policy(FlowPolicy):
             return self.model.value_from_prefix(prefix_out, pad)
         return values.result()
 
-    # ---- FlowPolicy -------------------------------------------------------------------
+    # ---- Policy -----------------------------------------------------------------------
+    def input_spec(self) -> dict[str, FieldSpec]:
+        """What `preprocess` returns (pirl.models.pi0.processor), per sample."""
+        if self.state_dim is None:
+            raise ValueError("Pi0Policy.input_spec needs the env's state size: build it with "
+                             "build_pi0_policy(model_cfg, state_dim)")
+        cfg, f32 = self.model.cfg, torch.float32
+        S, NC, L = cfg.vision.image_size, len(cfg.image_keys), self.processor.tokenizer.max_len
+        return {
+            "images": FieldSpec((NC, 3, S, S), f32, "camera slots in [-1, 1]"),
+            "image_masks": FieldSpec((NC,), torch.bool, "False for cameras the env lacks"),
+            "tokens": FieldSpec((L,), torch.long, "prompt token ids"),
+            "token_masks": FieldSpec((L,), torch.bool, "real (not padding) prompt tokens"),
+            "state": FieldSpec((cfg.action_dim,), f32, "normalized state, padded to the model dim"),
+            "raw_state": FieldSpec((self.state_dim,), f32, "env-unit state, for delta actions"),
+        }
+
     def preprocess(self, obs: dict) -> dict[str, torch.Tensor]:
         self.processor.training = self.training
         device = self._device()
@@ -105,7 +126,7 @@ class Pi0Policy(FlowPolicy):
 
     @torch.no_grad()
     def sample(self, forward_inputs: dict[str, torch.Tensor], mode: str = "train",
-               generator: torch.Generator | None = None) -> ChunkSample:
+               generator: torch.Generator | None = None) -> ActionSample:
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
         fi = forward_inputs
@@ -121,12 +142,12 @@ class Pi0Policy(FlowPolicy):
         actions = self.processor.postprocess(chains[:, -1], fi["raw_state"])[:, : self.spec.action_chunk]
         if step_mask is None:
             step_mask = torch.zeros(B, self.spec.num_steps, dtype=torch.bool, device=device)
-        return ChunkSample(actions=actions, chains=chains, step_mask=step_mask, logprob=executed(lp, self.spec),
-                           values=self._values(prefix_out, pad, values).float(), forward_inputs=fi)
+        return ActionSample(actions=actions, logprob=executed(lp, self.spec),
+                            values=self._values(prefix_out, pad, values).float(),
+                            replay={"chains": chains, "step_mask": step_mask}, forward_inputs=fi)
 
-    def evaluate(self, forward_inputs: dict[str, torch.Tensor], chains: torch.Tensor,
-                 step_mask: torch.Tensor) -> ChunkEval:
-        fi = forward_inputs
+    def evaluate(self, forward_inputs: dict[str, torch.Tensor], replay: dict[str, torch.Tensor]) -> ChunkEval:
+        fi, chains, step_mask = forward_inputs, replay["chains"], replay["step_mask"]
         prefix_out, kv, pad = self._prefix(fi, grad=self._vlm_trainable())
         values = _StepValues(step_mask, self.spec.num_steps)
         lp, ent = chain_logprob(self._closure(fi, kv, pad, values), chains, step_mask, self.spec)
@@ -146,8 +167,7 @@ class Pi0Policy(FlowPolicy):
         (H, D)); the loss covers the C demonstrated steps and the D_env real dims."""
         fi = forward_inputs
         a = self.processor.to_delta(actions.float().to(fi["raw_state"].device), fi["raw_state"])
-        if self.processor.norm_stats is not None:
-            a = normalize(a, self.processor.norm_stats["actions"], self.processor.pcfg.normalization)
+        a = self.processor.normalize_actions(a)
         padded, mask = pad_demonstrations(a, self.model.cfg.action_horizon, self.model.cfg.action_dim)
         loss, _ = self.model.sft_loss(*prefix_inputs(fi), fi["state"], padded, mask,
                                       generator=generator)
@@ -163,4 +183,34 @@ class Pi0Policy(FlowPolicy):
                       tokenizer=self.processor.tokenizer.encoder)
             if meta:
                 (tmp / "train_meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        return Path(directory)
+
+    def export(self, directory, fmt: str, state_dim: int | None = None, tokenizer_name: str | None = None) -> Path:
+        """Write the policy for openpi (`fmt` "openpi", its PyTorch layout) or lerobot
+        ("lerobot", a folder its `from_pretrained` loads), LoRA merged, written whole then
+        renamed. lerobot needs the env's state dims (default: the state stats' length) and
+        the tokenizer's lerobot name (default: the HF tokenizer's own name, else PaliGemma's)."""
+        if fmt not in (OPENPI, LEROBOT):
+            raise ValueError(f"export format must be {OPENPI!r} or {LEROBOT!r}, got {fmt!r}")
+        has_lora = any(".lora_" in n for n, _ in self.model.named_parameters())
+        tensors = merged_state_dict(self.model) if has_lora else None
+        stats = self.processor.norm_stats
+        if fmt == OPENPI:
+            with atomic_dir(directory) as tmp:
+                export_openpi(self.model, tmp, stats, tensors=tensors)
+            return Path(directory)
+        if stats is None:
+            raise CheckpointError("export to lerobot needs norm stats (its processor files carry them)")
+        encoder = self.processor.tokenizer.encoder
+        if tokenizer_name is None and isinstance(encoder, ByteTokenizer):
+            raise CheckpointError("lerobot has no byte tokenizer: give tokenizer_name (a tokenizer directory or "
+                                  "hub id lerobot can load)")
+        if tokenizer_name is None and isinstance(encoder, HFTokenizer):
+            tokenizer_name = encoder.name
+        moded = {k: replace(v, mode=self.processor.mode(k)) for k, v in stats.items()}
+        with atomic_dir(directory) as tmp:
+            export_lerobot(self.model, tmp, moded, state_dim=state_dim or int(stats["state"].mean.shape[0]),
+                           action_env_dim=self.spec.action_env_dim,
+                           delta_action_mask=self.processor.pcfg.delta_action_mask, tensors=tensors,
+                           tokenizer_name=tokenizer_name)
         return Path(directory)

@@ -12,6 +12,7 @@ absolute = delta + state on the delta dims, slice the env's dims.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -46,30 +47,82 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
-def augment(x: torch.Tensor, generator: torch.Generator | None, crop: float = 0.95,
-            brightness: float = 0.3, contrast: float = 0.4) -> torch.Tensor:
-    """Train-time augmentation on (B, 3, S, S) in [-1, 1]: random crop of `crop` of the side
-    resized back, then brightness and contrast jitter (openpi's choices, minus rotation)."""
-    B, _, S, _ = x.shape
-    c = int(S * crop)
-    out = []
-    for i in range(B):
-        top, left = (int(v) for v in torch.randint(0, S - c + 1, (2,), generator=generator))
-        out.append(F.interpolate(x[i:i + 1, :, top:top + c, left:left + c], size=(S, S), mode="bilinear",
-                                 align_corners=False))
-    x = torch.cat(out)
-    b = (torch.rand(B, 1, 1, 1, generator=generator) * 2 - 1) * brightness
-    k = 1 + (torch.rand(B, 1, 1, 1, generator=generator) * 2 - 1) * contrast
+# openpi's training augmentation (models_pytorch/preprocessing_pytorch.py), applied in
+# [0, 1] pixel space: non-wrist cameras get a random crop of 95% of the side resized back and
+# a rotation of U(-5°, 5°) (skipped under 0.1°, as openpi does); every camera then gets
+# multiplicative brightness, contrast (about the image mean) and saturation (about the
+# per-pixel channel mean), then a clamp to [0, 1]. One draw per camera per batch: every
+# sample of a batch gets the same crop, angle and factors.
+CROP_FRACTION = 0.95
+MAX_ROTATION_DEG = 5.0
+MIN_ROTATION_DEG = 0.1
+BRIGHTNESS = (0.7, 1.3)
+CONTRAST = (0.6, 1.4)
+SATURATION = (0.5, 1.5)
+
+
+@dataclass(frozen=True)
+class AugmentDraw:
+    """One batch's random augmentation parameters."""
+    top: int  # crop offset, rows
+    left: int  # crop offset, columns
+    angle_deg: float  # rotation, degrees in [-MAX_ROTATION_DEG, MAX_ROTATION_DEG]
+    brightness: float
+    contrast: float
+    saturation: float
+
+
+def _uniform(lo_hi: tuple[float, float], generator: torch.Generator | None) -> float:
+    lo, hi = lo_hi
+    return lo + float(torch.rand((), generator=generator)) * (hi - lo)
+
+
+def draw_augment(size: int, generator: torch.Generator | None = None) -> AugmentDraw:
+    """Parameters for one batch of (size x size) images; draws from `generator` only."""
+    slack = size - int(size * CROP_FRACTION)
+    top, left = (int(v) for v in torch.randint(0, slack + 1, (2,), generator=generator))
+    return AugmentDraw(top=top, left=left,
+                       angle_deg=_uniform((-MAX_ROTATION_DEG, MAX_ROTATION_DEG), generator),
+                       brightness=_uniform(BRIGHTNESS, generator), contrast=_uniform(CONTRAST, generator),
+                       saturation=_uniform(SATURATION, generator))
+
+
+def rotate(x: torch.Tensor, angle_deg: float) -> torch.Tensor:
+    """(B, C, S, S) -> rotated about the centre, zeros outside (openpi's grid_sample
+    rotation: output(p) = input(R·p) in normalized coordinates)."""
+    B, _, H, W = x.shape
+    a = torch.tensor(math.radians(angle_deg), dtype=torch.float32)
+    gy, gx = torch.meshgrid(torch.linspace(-1, 1, H), torch.linspace(-1, 1, W), indexing="ij")
+    grid = torch.stack([gx * a.cos() - gy * a.sin(), gx * a.sin() + gy * a.cos()], dim=-1)
+    return F.grid_sample(x, grid[None].expand(B, H, W, 2).to(x.dtype), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
+
+
+def augment(x: torch.Tensor, draw: AugmentDraw, geometric: bool) -> torch.Tensor:
+    """(B, 3, S, S) in [-1, 1] -> augmented, same range. `geometric` (crop + rotation) is
+    for non-wrist cameras only; colour jitter applies to every camera."""
+    S = x.shape[-1]
+    x = x / 2.0 + 0.5
+    if geometric:
+        c = int(S * CROP_FRACTION)
+        x = F.interpolate(x[:, :, draw.top:draw.top + c, draw.left:draw.left + c], size=(S, S), mode="bilinear",
+                          align_corners=False)
+        if abs(draw.angle_deg) > MIN_ROTATION_DEG:
+            x = rotate(x, draw.angle_deg)
+    x = x * draw.brightness
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return ((x - mean) * k + mean + b).clamp(-1, 1)
+    x = (x - mean) * draw.contrast + mean
+    gray = x.mean(dim=1, keepdim=True)
+    x = gray + (x - gray) * draw.saturation
+    return x.clamp(0.0, 1.0) * 2.0 - 1.0
 
 
 @dataclass
 class ProcessorConfig:
-    normalization: str = "zscore"  # zscore (π0) | quantile (π0.5)
+    normalization: str = "zscore"  # zscore (π0) | quantile (π0.5) | minmax | identity, for stats without a mode
     delta_action_mask: tuple | None = None  # (D_env,) bool: env actions that are deltas to the state
     action_env_dim: int = 1
-    train_augment: bool = False
+    train_augment: bool = False  # openpi's training augmentation (`augment`) while training
 
 
 class Pi0Processor:
@@ -89,7 +142,7 @@ class Pi0Processor:
         S = self.cfg.vision.image_size
         B = len(obs["main_images"])
         slots, masks = [], []
-        for key in CAMERA_OBS_KEYS[: len(self.cfg.image_keys)]:
+        for key, slot in zip(CAMERA_OBS_KEYS, self.cfg.image_keys):
             img = obs.get(key)
             if img is None:
                 slots.append(torch.full((B, 3, S, S), -1.0))  # a black frame, masked out
@@ -97,16 +150,27 @@ class Pi0Processor:
                 continue
             x = to_unit_range(resize_with_pad(torch.as_tensor(img), S))
             if self.training and self.pcfg.train_augment:
-                x = augment(x, generator)
+                x = augment(x, draw_augment(S, generator), geometric="wrist" not in slot)
             slots.append(x)
             masks.append(torch.ones(B, dtype=torch.bool))
         return torch.stack(slots, dim=1), torch.stack(masks, dim=1)
+
+    def mode(self, key: str) -> str:
+        """The normalization of norm_stats[key]: the mode its checkpoint declared, else the run's."""
+        assert self.norm_stats is not None
+        return self.norm_stats[key].mode or self.pcfg.normalization
 
     def state(self, raw: torch.Tensor) -> torch.Tensor:
         """raw (B, S_env) -> normalized (B, S_env) fp32."""
         if self.norm_stats is None:
             return raw.float()
-        return normalize(raw.float(), self.norm_stats["state"], self.pcfg.normalization)
+        return normalize(raw.float(), self.norm_stats["state"], self.mode("state"))
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Env-unit actions (..., D_env) -> model units (SFT targets); identity without stats."""
+        if self.norm_stats is None:
+            return actions.float()
+        return normalize(actions, self.norm_stats["actions"], self.mode("actions"))
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         D = self.cfg.action_dim
@@ -129,7 +193,7 @@ class Pi0Processor:
         """model actions (B, H, D) -> env actions (B, H, D_env) fp32."""
         a = actions.float()
         if self.norm_stats is not None:
-            a = unnormalize(a, self.norm_stats["actions"], self.pcfg.normalization)
+            a = unnormalize(a, self.norm_stats["actions"], self.mode("actions"))
         a = a[..., : self.pcfg.action_env_dim]
         if self.pcfg.delta_action_mask is not None:
             m = torch.tensor(self.pcfg.delta_action_mask, dtype=torch.bool, device=a.device)

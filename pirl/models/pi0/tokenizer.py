@@ -7,11 +7,15 @@ Prompts are cleaned like openpi (strip, "_" and "\n" -> " "); then padded with i
 a False mask to `max_len`, or truncated to it.
 
 `SentencePieceTokenizer` reads PaliGemma's `paligemma_tokenizer.model` (or any
-SentencePiece model: tests train a tiny one). `ByteTokenizer` is the fallback for
-randomly initialised tiny models when no tokenizer file is configured.
+SentencePiece model: tests train a tiny one); `HFTokenizer` reads a Hugging Face
+`tokenizer.json` (what lerobot loads as `google/paligemma-3b-pt-224`); `load_tokenizer`
+resolves a directory or a hub id in the local Hugging Face cache (never the network).
+`ByteTokenizer` is the fallback for randomly initialised tiny models when no tokenizer file
+is configured.
 """
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +47,54 @@ class SentencePieceTokenizer:
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         return list(self.sp.encode(text, add_bos=add_bos))
+
+
+class HFTokenizer:
+    """A Hugging Face fast tokenizer (`tokenizer.json`), special tokens added by us only:
+    the bos id comes from tokenizer_config.json's bos_token (Gemma's "<bos>" by default).
+    `name` is how lerobot refers to it (a hub id or a directory)."""
+
+    def __init__(self, path: str | Path, name: str | None = None):
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer file {path} does not exist (expected a tokenizer.json)")
+        self.path, self.name = path, name or str(path.parent)
+        self.tok = Tokenizer.from_file(str(path))
+        config = path.parent / "tokenizer_config.json"
+        bos = json.loads(config.read_text()).get("bos_token", "<bos>") if config.is_file() else "<bos>"
+        if isinstance(bos, dict):  # transformers' AddedToken serialization
+            bos = bos["content"]
+        bos_id = self.tok.token_to_id(bos)
+        if bos_id is None:
+            raise ValueError(f"tokenizer {path} has no bos token {bos!r}")
+        self.bos_id = bos_id
+        self.vocab_size = int(self.tok.get_vocab_size(with_added_tokens=True))
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        return ([self.bos_id] if add_bos else []) + list(ids)
+
+
+def load_tokenizer(name: str | Path) -> HFTokenizer | SentencePieceTokenizer:
+    """A tokenizer directory (tokenizer.json, else tokenizer.model) or a Hugging Face hub
+    id already in the local cache (as lerobot's policy_preprocessor.json names it)."""
+    d = Path(name)
+    if d.is_dir():
+        if (d / "tokenizer.json").is_file():
+            return HFTokenizer(d / "tokenizer.json", name=str(name))
+        if (d / "tokenizer.model").is_file():
+            return SentencePieceTokenizer(d / "tokenizer.model")
+        raise FileNotFoundError(f"tokenizer directory {d} has neither tokenizer.json nor tokenizer.model")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id=str(name), filename="tokenizer.json")
+    if isinstance(cached, str):
+        return HFTokenizer(cached, name=str(name))
+    raise FileNotFoundError(f"tokenizer {name!r} is neither a directory nor in the local Hugging Face cache: "
+                            f"download it once (`huggingface-cli download {name} tokenizer.json "
+                            "tokenizer_config.json`) or set actor.model.openpi.tokenizer_path")
 
 
 class ByteTokenizer:
