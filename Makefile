@@ -10,9 +10,10 @@ CONFIG ?= reach2d_learn_ppo_flow_sde
 WARM   := results/warm_start/$(CONFIG)
 ARGS   ?=
 
-.PHONY: install sim train test test-fast test-parity lint clean
+.PHONY: install sim cluster train test test-fast test-parity lint clean
 install: $(VENV)/.pirl-installed
 sim: $(VENV)/.sim-installed
+cluster: $(VENV)/.cluster-installed
 
 # torch is installed first and pinned: on a machine without CUDA it is the CPU build, and
 # nothing installed after it may replace it with a CUDA build.
@@ -26,13 +27,18 @@ $(VENV)/.sim-installed: $(VENV)/.pirl-installed scripts/install_sim_deps.sh
 	bash scripts/install_sim_deps.sh $(PY)
 	touch $@
 
+# sshd, pdsh, iproute2, slurm-wlm, munge: the cluster tier's hosts and daemons
+$(VENV)/.cluster-installed: $(VENV)/.pirl-installed scripts/install_cluster_deps.sh
+	bash scripts/install_cluster_deps.sh
+	touch $@
+
 train: install
 	$(PY) -m pirl.sft --config-name $(CONFIG) --out $(WARM) --episodes 2
 	launcher/run.sh $(CONFIG) actor.model.model_path=$(abspath $(WARM)) $(ARGS)
 
 FAST := not sim and not dist and not e2e and not cluster and not parity
 
-test: install sim
+test: install sim cluster
 	$(PY) -m pytest -q --instafail -m "not parity" tests $(ARGS)
 
 # The fast tier (pytest.ini markers): no simulators, no multi-process or daemon tiers.
