@@ -31,7 +31,8 @@ def have_tools() -> str | None:
     """Why the cluster tier cannot run here, or None."""
     if os.geteuid() != 0:
         return "needs root (network namespaces, daemons)"
-    for tool in ("ip", "/usr/sbin/sshd", "ssh", "ssh-keygen", "pdsh"):
+    for tool in ("ip", "nsenter", "/usr/sbin/sshd", "ssh", "ssh-keygen", "pdsh", "/usr/sbin/slurmctld",
+                 "/usr/sbin/slurmd", "/usr/sbin/munged", "sbatch"):
         if shutil.which(tool) is None:
             return f"{tool} not installed (scripts/install_cluster_deps.sh)"
     return None
@@ -53,7 +54,9 @@ class VirtualCluster:
     daemons: list[subprocess.Popen] = field(default_factory=list)
 
     def exec_prefix(self, host: int) -> list[str]:
-        return ["ip", "netns", "exec", self.namespaces[host]]
+        # The network namespace only: `ip netns exec` would also give the command a fresh
+        # /sys without the machine's cgroup mounts, which slurmd needs.
+        return ["nsenter", f"--net=/run/netns/{self.namespaces[host]}", "--"]
 
     def popen(self, host: int, cmd: Sequence[str], **kw) -> subprocess.Popen:
         return subprocess.Popen([*self.exec_prefix(host), *cmd], env=kw.pop("env", self.env), **kw)
@@ -160,3 +163,115 @@ def virtual_hosts(n: int, folder: Path) -> Iterator[VirtualCluster]:
         yield c
     finally:
         _teardown(c)
+
+
+@dataclass
+class SlurmCluster:
+    """slurmctld on the first host, one slurmd per host, one munged; clients run on host 0."""
+
+    hosts: VirtualCluster
+    conf: Path
+    env: dict[str, str]
+
+    def cmd(self, *args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+        return self.hosts.run(0, list(args), timeout=timeout, env=env or self.env)
+
+    def sbatch(self, *args: str, env: dict | None = None, cwd: Path | None = None) -> int:
+        r = self.hosts.run(0, ["sbatch", "--parsable", *args], timeout=60, env=env or self.env, cwd=cwd)
+        if r.returncode != 0:
+            raise RuntimeError(f"sbatch {' '.join(args)}: {r.stderr}")
+        return int(r.stdout.strip().split(";")[0])
+
+    def state(self, job: int) -> str:
+        """The job's state, '' once slurmctld has forgotten it."""
+        return self.cmd("squeue", "-h", "-j", str(job), "-o", "%T").stdout.strip()
+
+    def wait(self, job: int, timeout: float) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.state(job):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job} still {self.state(job)} after {timeout} s")
+            time.sleep(0.2)
+
+
+def _start_munge() -> tuple[subprocess.Popen, Path]:
+    """munged as the munge user, in a folder of its own directly under /tmp (the munge user
+    must reach the socket; test folders are private to root)."""
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="pirl-munge-"))
+    key = d / "munge.key"
+    key.write_bytes(secrets.token_bytes(1024))
+    shutil.chown(d, "munge", "munge")
+    shutil.chown(key, "munge", "munge")
+    d.chmod(0o711)  # munged: clients need to reach the socket, nobody may list or write
+    key.chmod(0o400)
+    sock = d / "munge.sock"
+    proc = subprocess.Popen(["/usr/sbin/munged", "--foreground",
+                             f"--socket={sock}", f"--key-file={key}", f"--log-file={d}/munged.log",
+                             f"--pid-file={d}/munged.pid", f"--seed-file={d}/munged.seed"],
+                            user="munge", group="munge", extra_groups=[], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    return proc, sock
+
+
+def _slurm_conf(c: VirtualCluster, sock: Path, d: Path, cpus: int) -> Path:
+    nodes = "".join(f"NodeName={h} NodeAddr={a} CPUs={cpus} State=UNKNOWN\n" for h, a in zip(c.hosts, c.addrs))
+    conf = d / "slurm.conf"
+    conf.write_text(
+        f"ClusterName=pirl{c.run_id}\n"
+        # slurmctld checks its hostname; every namespace shares the machine's
+        f"SlurmctldHost={os.uname().nodename}({c.addrs[0]})\n"
+        "SlurmUser=root\nSlurmdUser=root\nAuthType=auth/munge\nCredType=cred/munge\n"
+        f"AuthInfo=socket={sock}\n"
+        "SlurmctldPort=6817\nSlurmdPort=6818\n"
+        f"StateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool/%n\n"
+        f"SlurmctldPidFile={d}/slurmctld.pid\nSlurmdPidFile={d}/slurmd.%n.pid\n"
+        f"SlurmctldLogFile={d}/slurmctld.log\nSlurmdLogFile={d}/slurmd.%n.log\n"
+        # no systemd or cgroups in a container: plain process tracking
+        "ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nJobAcctGatherType=jobacct_gather/none\n"
+        "AccountingStorageType=accounting_storage/none\nSelectType=select/cons_tres\n"
+        "SelectTypeParameters=CR_CPU\nMpiDefault=none\nReturnToService=2\n"
+        # the nodes' CPUs as written here, not as counted (they are all this machine's)
+        "SlurmdParameters=config_overrides\n"
+        "KillWait=5\nMinJobAge=2\nInactiveLimit=0\nSlurmdTimeout=60\nSlurmctldTimeout=60\n"
+        f"{nodes}PartitionName=main Nodes={','.join(c.hosts)} Default=YES MaxTime=INFINITE State=UP\n")
+    return conf
+
+
+@contextlib.contextmanager
+def slurm_cluster(c: VirtualCluster, cpus_per_node: int = 4) -> Iterator[SlurmCluster]:
+    import time
+
+    d = c.folder / "slurm"
+    (d / "state").mkdir(parents=True)
+    for h in c.hosts:
+        (d / "spool" / h).mkdir(parents=True)
+    munged, sock = _start_munge()
+    try:
+        conf = _slurm_conf(c, sock, d, cpus_per_node)
+        env = dict(c.env, SLURM_CONF=str(conf))
+        c.daemons.append(c.popen(0, ["/usr/sbin/slurmctld", "-D", "-f", str(conf)], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=open(d / "slurmctld.err", "w")))
+        for i, h in enumerate(c.hosts):
+            c.daemons.append(c.popen(i, ["/usr/sbin/slurmd", "-D", "-N", h, "-f", str(conf)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=open(d / f"slurmd.{h}.err", "w")))
+        s = SlurmCluster(c, conf, env)
+        deadline = time.monotonic() + 60
+        while True:  # every node idle
+            states = s.cmd("sinfo", "-h", "-N", "-o", "%N %t").stdout.split("\n")
+            idle = [x for x in states if x.strip().endswith("idle")]
+            if len(idle) == len(c.hosts):
+                break
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"{p.name}: {p.read_text()[-1500:]}" for p in sorted(d.glob("*.log")) + sorted(d.glob("*.err")))
+                raise RuntimeError(f"slurm nodes not idle: {states}\n{logs}")
+            time.sleep(0.2)
+        yield s
+    finally:
+        _teardown(c)  # slurmd and slurmctld live in the hosts' namespaces
+        munged.kill()
+        munged.wait(timeout=30)
+        shutil.rmtree(sock.parent, ignore_errors=True)

@@ -229,14 +229,18 @@ class RankWatchdog:
             os._exit(EXIT_PEER_STOPPED)
 
     def on_sigterm(self, signum, frame) -> None:
-        """Launchers (DeepSpeed's launch.py, torchrun) SIGTERM the other ranks of a host
-        when one exits: name the dead peer if it is on this machine, else end as SIGTERM."""
+        """SIGTERM comes from a launcher stopping the other ranks of a host after one exited
+        (DeepSpeed's launch.py, torchrun) or from the scheduler stopping them all (scancel,
+        preemption). Either way, name a peer of this machine that exited before without a
+        clean stop or a SIGTERM of its own; else end as SIGTERM does."""
+        self._stopping.set()
         try:
+            self.store.set(f"exit/{self.rank}", "SIGTERM")
             peer = self._dead_local_peer()
-        except Exception:  # the store died with the peer that hosted it
+        except Exception:  # the store is gone with the process that hosted it
             peer = self._dead_local_peer(store=False)
         if peer is not None:
-            self._declare(peer.rank, f"{_describe(peer)} died: its process is gone")
+            self._stop_for(f"of SIGTERM, and {_describe(peer)} had exited before it")
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
 
