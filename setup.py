@@ -59,6 +59,8 @@ setup(
         "calvin": ["pybullet==3.2.7", "gym==0.26.2", "numpy-quaternion", "gitpython", "hydra-core>=1.3,<1.4",
                    "opencv-python", "scipy", "rich"],
         "gpu": ["flash-attn"],
+        # GSEnv's CUDA rasterizer; it JIT-builds its CUDA sources on first use (needs a CUDA torch).
+        "gs": ["gsplat==1.5.3", TORCH],
         # orbax (with jax on the CPU) writes the openpi JAX checkpoints the tests load
         "dev": ["pytest", "pytest-timeout", "pytest-instafail", "ruff==0.17.6", "mypy==2.4.1", "orbax-checkpoint",
                 "jax"],

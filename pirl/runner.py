@@ -306,10 +306,11 @@ class Runner:
 
 
 def _finished_episodes(infos: dict, task_names) -> list[tuple[str, dict[str, float]]]:
-    """(task, {success_once, episode_len, return}) for every valid episode ended this chunk."""
+    """(task, {success_once, episode_len, return, and the sim's episode stats such as
+    CALVIN's avg_len}) for every valid episode ended this chunk."""
     done = infos["done"] & infos.get("valid", torch.ones_like(infos["done"]))
     ep = infos["episode"]
-    return [(str(task_names[i]) if task_names is not None else "", {k: float(ep[k][i]) for k in EPISODE_METRICS})
+    return [(str(task_names[i]) if task_names is not None else "", {k: float(ep[k][i]) for k in ep})
             for i in done.nonzero().flatten().tolist()]
 
 
@@ -325,11 +326,13 @@ def episode_means(episodes: list[tuple[str, dict[str, float]]]) -> dict[str, flo
         groups[""].append(m)
         if task:
             groups.setdefault(task, []).append(m)
+    stats = sorted({k for _, m in episodes for k in m} - set(EPISODE_METRICS))
     for task, ms in groups.items():
         prefix = f"env/{task}/" if task else "env/"
-        for k in EPISODE_METRICS:
-            if ms:
-                out[prefix + k] = sum(m[k] for m in ms) / len(ms)
+        for k in (*EPISODE_METRICS, *stats):
+            vals = [m[k] for m in ms if k in m]
+            if vals:
+                out[prefix + k] = sum(vals) / len(vals)
     out["env/num_episodes"] = float(len(episodes))
     return out
 

@@ -162,6 +162,7 @@ def test_actions_match_the_simulator_stepped_directly(kind):
     finally:
         env.close()
         ref_sim.close()
+        ref_sim.cid = -1  # calvin_env's __del__ would close the client once more (CalvinEnv.close does this)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -448,3 +449,48 @@ def test_real_scene_configs_reordered():
     for scene in "ABCD":
         assert list(scene_config(checkout, scene).objects.movable_objects) == ["block_red", "block_blue",
                                                                                "block_pink"]
+
+
+# ------------------------------------------------------------------------- the configs
+
+@pytest.mark.parametrize("group, train_suite, instructions", [("calvin_abc", "calvin_abc", "train"),
+                                                              ("calvin_d", "calvin_d", "validation"),
+                                                              ("calvin_abcd", "calvin_abcd", "train")])
+def test_experiment_config_with_each_env_group(tmp_path, monkeypatch, group, train_suite, instructions):
+    """The reference system's calvin_abc_d_ppo_openpi_pi05 composes and validates (the
+    checkout is checked before anything starts) with its hyper-parameters and sizes."""
+    from pirl.config import derived_sizes, load_config
+
+    monkeypatch.delenv("CALVIN_ROOT", raising=False)
+    root = _fake_checkout(tmp_path / "calvin")
+    cfg = load_config("calvin_abc_d_ppo_openpi_pi05", None, [f"env={group}", f"env.train.calvin_root={root}"])
+    train, ev = cfg.env.train, cfg.env.eval
+    assert (train.simulator_type, train.task, ev.task) == ("calvin", train_suite, "calvin_d")
+    assert ev.calvin_root == str(root) and train.extra.instructions == instructions
+    assert ev.extra.instructions == "validation"
+    assert (train.total_num_envs, train.max_episode_steps, train.image_size, train.extra.wrist_image_size) == (
+        64, 480, 200, 84)
+    assert train.use_rel_reward and train.extra.reward_mode == "dense"
+    m, alg, opt = cfg.actor.model, cfg.algorithm, cfg.actor.optim
+    assert (m.num_action_chunks, m.num_steps, m.action_dim, m.openpi.config_name, m.openpi.noise_level) == (
+        5, 5, 7, "pi05", 0.5)
+    assert (alg.rollout_epoch, alg.update_epoch, alg.clip_ratio_high, opt.lr, opt.value_lr) == (8, 4, 0.2, 5e-6, 1e-4)
+    sizes = derived_sizes(cfg, 8)
+    assert sizes["samples_per_rollout"] == 64 * 8 * (480 // 5) == 49152
+    assert sizes["envs_per_env_rank"] == 8
+
+
+def test_training_logs_report_the_average_length():
+    """The runner's episode means carry CALVIN's avg_len next to the seeds' metrics."""
+    from pirl.runner import _finished_episodes, episode_means
+
+    env = vec_env("standin", num_envs=2, max_steps=5)
+    try:
+        env.reset(seed=CHAIN)
+        change_scene(envs_of(env)[0].sim, *SCENE_CHANGES["turn_off_led"])
+        _, _, _, _, infos = env.chunk_step(still(2))  # both truncated at step 5; env 0 did one subtask
+        means = episode_means(_finished_episodes(infos, env.task_names))
+    finally:
+        env.close()
+    assert means["env/avg_len"] == 0.5 and means["env/scene_D/avg_len"] == 0.5
+    assert means["env/success_once"] == 0.0 and means["env/num_episodes"] == 2

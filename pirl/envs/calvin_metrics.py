@@ -123,6 +123,12 @@ def chain_metrics(lengths: Sequence[int], chains: Optional[Sequence[Sequence[str
     )
 
 
+def chains_of_seeds(seeds: Sequence[int], num_sequences: int = NUM_SEQUENCES) -> list[tuple[str, ...]]:
+    """The chain each reset seed ran (CalvinEnv.reset: chain seed % num_sequences)."""
+    sequences = get_sequences(num_sequences)
+    return [sequences[int(s) % num_sequences][1] for s in seeds]
+
+
 ActFn = Callable[[dict[str, Any]], torch.Tensor]  # obs -> actions (B, C, D) in env units
 
 
@@ -137,7 +143,6 @@ def run_chains(env: Any, act: ActFn, num_chains: int = NUM_SEQUENCES, num_sequen
         raise ValueError("run_chains needs a VecEnv with auto_reset False (one chain per env and batch)")
     b = env.num_envs
     limit = max_chunks if max_chunks is not None else env.max_episode_steps  # a chunk is >= 1 env step
-    sequences = get_sequences(num_sequences)
     lengths: list[int] = []
     for start in range(0, num_chains, b):
         obs = env.reset(seed=start, group_size=1)
@@ -153,5 +158,4 @@ def run_chains(env: Any, act: ActFn, num_chains: int = NUM_SEQUENCES, num_sequen
         if not done.all():
             raise RuntimeError(f"run_chains: envs {(~done).nonzero().flatten().tolist()} did not end in {limit} chunks")
         lengths.extend(int(x) for x in length[: min(b, num_chains - start)].tolist())
-    chains = [sequences[c % num_sequences][1] for c in range(num_chains)]
-    return lengths, chains
+    return lengths, chains_of_seeds(range(num_chains), num_sequences)
