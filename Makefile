@@ -25,10 +25,11 @@ SIM_DEP  := $(VENV)/.metaworld-installed
 endif
 EVAL_ARGS ?= --episodes 10
 
-.PHONY: install sim metaworld train test test-fast test-parity lint clean
+.PHONY: install sim metaworld cluster train test test-fast test-parity lint clean
 install: $(VENV)/.pirl-installed
 sim: $(VENV)/.sim-installed
 metaworld: $(VENV)/.metaworld-installed
+cluster: $(VENV)/.cluster-installed
 
 # torch is installed first and pinned: on a machine without CUDA it is the CPU build, and
 # nothing installed after it may replace it with a CUDA build.
@@ -49,6 +50,11 @@ $(VENV)/.sim-installed: $(VENV)/.pirl-installed scripts/install_sim_deps.sh
 	bash scripts/install_sim_deps.sh $(PY)
 	touch $@
 
+# sshd, pdsh, iproute2, slurm-wlm, munge: the cluster tier's hosts and daemons
+$(VENV)/.cluster-installed: $(VENV)/.pirl-installed scripts/install_cluster_deps.sh
+	bash scripts/install_cluster_deps.sh
+	touch $@
+
 # MetaWorld alone (make train's simulator): its Python package and MuJoCo's EGL/OSMesa libraries.
 $(VENV)/.metaworld-installed: $(VENV)/.core-installed scripts/install_metaworld_deps.sh
 	bash scripts/install_metaworld_deps.sh $(PY)
@@ -66,7 +72,7 @@ train: $(VENV)/.core-installed $(SIM_DEP)
 
 FAST := not sim and not dist and not e2e and not cluster and not parity
 
-test: install sim
+test: install sim cluster
 	$(PY) -m pytest -q --instafail -m "not parity" tests $(ARGS)
 
 # The fast tier (pytest.ini markers): no simulators, no multi-process or daemon tiers.

@@ -16,6 +16,9 @@ class ClusterConfig:
     # component -> ranks: "all", "0-3", "0,2,4", "0-1,6-7". Keys may join components
     # with commas ("env,rollout,actor: all"). Every rank named must be < world size.
     component_placement: dict = field(default_factory=lambda: {"env,rollout,actor": "all"})
+    # A rank that dies or stops answering for this long ends the job: every other rank exits
+    # naming it (pirl/engine/watchdog.py). Also the rendezvous and collective timeout.
+    timeout_s: float = 600.0
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -43,8 +44,9 @@ def _env_from_slurm() -> None:
         os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
 
 
-def init_distributed() -> DistInfo:
-    """Join (or, for a plain single process, create) the default process group."""
+def init_distributed(timeout_s: float | None = None) -> DistInfo:
+    """Join (or, for a plain single process, create) the default process group.
+    `timeout_s` (cluster.timeout_s) bounds the rendezvous and every collective."""
     set_runtime_env()
     import deepspeed
 
@@ -54,7 +56,8 @@ def init_distributed() -> DistInfo:
                           MASTER_PORT=str(free_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        kwargs = {"timeout": timedelta(seconds=timeout_s)} if timeout_s is not None else {}
+        deepspeed.init_distributed(dist_backend=backend, verbose=False, **kwargs)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
