@@ -162,6 +162,7 @@ def test_actions_match_the_simulator_stepped_directly(kind):
     finally:
         env.close()
         ref_sim.close()
+        ref_sim.cid = -1  # calvin_env's __del__ would close the client once more (CalvinEnv.close does this)
 
 
 @pytest.mark.parametrize("kind", KINDS)

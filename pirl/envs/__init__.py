@@ -67,11 +67,11 @@ def make_env(split_cfg, num_envs: int, seed: int, rank: int = 0, *, video_cfg: O
     if kind == "reach2d":
         from pirl.envs.reach2d import Reach2DEnv
 
-        return Reach2DEnv(num_envs, max_episode_steps=int(split_cfg.max_episode_steps),
-                          image_size=int(split_cfg.image_size), auto_reset=bool(split_cfg.auto_reset),
-                          ignore_terminations=bool(split_cfg.ignore_terminations),
-                          use_rel_reward=bool(split_cfg.use_rel_reward), reward_coef=float(split_cfg.reward_coef),
-                          seed=seed, **extra)
+        return Reach2DEnv(num_envs, max_episode_steps=int(_get(split_cfg, "max_episode_steps")),
+                          image_size=int(_get(split_cfg, "image_size")), auto_reset=bool(_get(split_cfg, "auto_reset")),
+                          ignore_terminations=bool(_get(split_cfg, "ignore_terminations")),
+                          use_rel_reward=bool(_get(split_cfg, "use_rel_reward")),
+                          reward_coef=float(_get(split_cfg, "reward_coef")), seed=seed, **extra)
     if kind not in SIMULATORS:
         raise ValueError(f"env.*.simulator_type must be one of {SIMULATORS}, got {kind!r}")
     unknown = set(extra) - _COMMON_EXTRA - _EXTRA_KEYS[kind]
