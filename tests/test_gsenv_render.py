@@ -320,6 +320,8 @@ def test_renderer_at_capture_pose_renders_the_plys_as_they_are():
     t = rasterize_torch(parts[2].means, parts[2].covs, sh_to_rgb(parts[2].sh, None), parts[2].opacities, *args)
     expect = compositing.to_uint8(compositing.onto_background(*compositing.over(*f, *t), bg))
     assert (img[0].int() - expect.int()).abs().max() <= 1 and torch.equal(img[0], img[1])
+    one_by_one = GSRenderer(fg, invert(default), parts[2], bg, cam, TorchRasterizer(), cache_table=True, render_bs=1)
+    assert torch.equal(one_by_one.render(default[None].expand(2, -1, -1, -1)), img)
     uncached = GSRenderer(fg, invert(default), parts[2], bg, cam, TorchRasterizer(), cache_table=False)
     assert (uncached.render(default[None]).int() - img[:1].int()).abs().max() <= 1  # the table is behind: same image
     with pytest.raises(ValueError, match=r"poses must be \(B, 2, 4, 4\)"):

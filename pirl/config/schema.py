@@ -11,7 +11,7 @@ configs/README.md lists the keys that differ from the reference system and why.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 
 # The model's own precision where actor.model.precision is null (the reference's π0 groups):
@@ -34,6 +34,9 @@ class ClusterConfig:
     # Required: a file or an override must give it (a merge with a default would place a
     # component twice).
     component_placement: dict = field(default_factory=dict)
+    # A rank that dies or stops answering for this long ends the job: every other rank exits
+    # naming it (pirl/engine/watchdog.py). Also the rendezvous and collective timeout.
+    timeout_s: float = 600.0
 
 
 @dataclass
@@ -61,6 +64,7 @@ class RunnerConfig:
     ckpt_path: Optional[str] = None
     seed: int = 1234  # base seed of the run
     eval_before_train: bool = True  # evaluate the initial policy (success "before")
+    save_policy: bool = True  # at the end, write the trained policy to <log_path>/<experiment>/policy (pirl.eval reads it)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
@@ -117,8 +121,8 @@ class EnvSplitConfig:
     # "<suite>:<task index>" for one task); metaworld: metaworld_50 | metaworld_45_ind (ML45's
     # 45 train tasks) | metaworld_45_ood (its 5 held out) (pirl: MT10, or a task: reach-v3);
     # calvin: calvin_abc | calvin_d | calvin_abcd. ManiSkill and GSEnv name their task in
-    # init_params.id.
-    task_suite_name: Optional[str] = None
+    # init_params.id. pirl: MetaWorld also takes a list of tasks.
+    task_suite_name: Optional[Any] = None
     total_num_envs: int = 16  # across all env ranks
     rollout_epoch: int = 1  # rollouts of every env per iteration (eval: 1)
     max_episode_steps: int = 32  # env steps (not chunks) before an episode is truncated

@@ -95,6 +95,7 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
         "algorithm.clip_ratio_low", "algorithm.clip_ratio_high", "algorithm.huber_delta",
         "algorithm.value_clip", "actor.optim.lr",
         "actor.optim.value_lr", "actor.optim.adam_eps", "actor.optim.clip_grad",
+        "cluster.timeout_s",
     )],
     *[(k, _non_negative, ">= 0") for k in (
         "algorithm.value_loss_coef", "algorithm.entropy_bonus", "env.train.reward_coef",

@@ -20,7 +20,7 @@ the simulator's constructor options `init_params` (INIT_PARAMS):
                 instructions (train | validation), subtask_max_steps (null | 360), num_sequences
                 (1000), use_egl (false); the checkout: env.<split>.calvin_root
     gsenv:      id (PutCubeOnPlate-v0), assets_path, control_mode, state_mode, sim_backend,
-                render_backend (auto | torch | gsplat), cache_table, camera, camera_widths (the
+                render_backend (auto | torch | gsplat), cache_table, render_bs, camera, camera_widths (the
                 4:3 image's width, 640) (pirl/envs/gsenv/env.py)
 Tasks: libero: task_suite_name, a suite or "<suite>:<index>"; metaworld: task_suite_name,
 metaworld_50 / metaworld_45_ind / metaworld_45_ood (the reference's names), MT10, MT50, ML45,
@@ -46,7 +46,7 @@ INIT_PARAMS = {
     "calvin": ("camera_heights", "camera_widths", "wrist_image_size", "instructions", "subtask_max_steps",
                "num_sequences", "use_egl"),
     "gsenv": ("id", "assets_path", "control_mode", "state_mode", "sim_backend", "render_backend", "cache_table",
-              "camera", "camera_widths"),
+              "render_bs", "camera", "camera_widths"),
 }
 DEFAULT_IMAGE_SIZE = 128
 
@@ -94,12 +94,34 @@ def _ensure_gl() -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
 
 
+def split_config(split_cfg: Any):
+    """An env section as a typed config: a plain dict (a resolved copy of one) gets the
+    schema's defaults for what it leaves out."""
+    if isinstance(split_cfg, dict):
+        from omegaconf import OmegaConf
+
+        from pirl.config.schema import EnvSplitConfig
+
+        return OmegaConf.merge(OmegaConf.structured(EnvSplitConfig), split_cfg)
+    return split_cfg
+
+
+def task_spec(split_cfg: Any) -> Any:
+    """The task an env section names: `task_suite_name` (libero, metaworld, calvin), or
+    `init_params.id` (maniskill, gsenv; the reference system's layout)."""
+    split_cfg = split_config(split_cfg)
+    if split_cfg.env_type in ("maniskill", "gsenv"):
+        return (split_cfg.init_params or {}).get("id")
+    return split_cfg.task_suite_name
+
+
 def make_env(split_cfg, num_envs: int, seed: int, rank: int = 0, *, record: bool = True):
     """An `env.train` / `env.eval` section -> a VecEnv of `num_envs` envs on this rank.
 
     `seed` is the rank's base seed (reset(seed=None) uses it); `rank` names the video
     folder; with `record` the split's `video_cfg.save_video` turns on mp4 recording.
     """
+    split_cfg = split_config(split_cfg)
     kind = split_cfg.env_type
     params = dict(split_cfg.init_params or {})
     problem = check_init_params(kind, params) if kind in SIMULATORS else f"env_type must be one of {SIMULATORS}"
@@ -156,7 +178,7 @@ def _make_backend(kind: str, split_cfg: Any, params: dict, size: int, num_envs: 
         from pirl.envs import maniskill as ms
 
         task = params.get("id", "PickCube-v1")
-        tasks = [str(t) for t in task] if isinstance(task, (list, tuple)) else [str(task)]
+        tasks = [str(t) for t in task] if isinstance(task, (list, tuple)) else [str(task)]  # a list: multi-task
         kwargs: dict[str, Any] = dict(
             image_size=size,
             control_mode=params.get("control_mode", "pd_ee_delta_pose"),

@@ -111,7 +111,7 @@ def resolve_tasks(task: Any) -> tuple[str, list[str]]:
         raise ValueError("env.<split>.task_suite_name must name a MetaWorld task (reach-v3), metaworld_50, "
                          "metaworld_45_ind, metaworld_45_ood, MT10, MT50, ML45 or ML45:test")
     task = REFERENCE_SUITES.get(task, task) if isinstance(task, str) else task
-    if isinstance(task, (list, tuple)):
+    if not isinstance(task, str) and isinstance(task, Sequence):  # a list (or an OmegaConf ListConfig)
         bench, names = "MT50", [str(t) for t in task]
     else:
         head, _, tail = str(task).partition(":")

@@ -7,16 +7,17 @@ splats and renders the third-person camera; the state is the robot's joint angle
 (9,), as RLinf's ManiSkill wrapper gives π0.5) or ManiSkill's full state vector (46: qpos,
 qvel, the end-effector controller's target pose, then the TCP, cube and plate poses, 7 each).
 
-  * CPU sim (`sim_backend: cpu`): one env per worker process (`GSEnvSingle`, a
-    SingleEnv), rendered by pirl's torch rasterizer (small images: `image_size` is the image
-    width; 160 renders 160x120).
+  * CPU sim (`sim_backend: cpu`): `GSEnvSingle`s (SingleEnv), in this process
+    (`num_workers: 0`) or spread over worker processes, rendered by pirl's torch rasterizer
+    (small images: `image_size` is the image width; 160 renders 160x120). Unlike ManiSkill's
+    own CPU envs, several share a process with exactly the results they give alone.
   * GPU sim (`sim_backend: gpu`): all B envs of a rank in one GPU scene (`GSEnvGPUBackend`, a
     Backend), rendered in one batched gsplat call.
 
-Options (`env.<split>.extra`): assets_path (required), control_mode
+Options (`env.<split>.init_params`): id, assets_path (required), control_mode
 (pd_ee_target_delta_pose, the seeds'), state_mode (joint | full), sim_backend (cpu | gpu),
-render_backend (auto | torch | gsplat), cache_table (true), camera (overrides of the
-calibrated camera, pirl.envs.gsenv.camera).
+render_backend (auto | torch | gsplat), cache_table (true), render_bs (envs per rasterizer
+call; null: all), camera (overrides of the calibrated camera, pirl.envs.gsenv.camera).
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def _aligned(s: Splats, center: bool, offset, scale) -> tuple[torch.Tensor, torc
 
 
 def build_renderer(layout: AssetLayout, camera: Camera, link_world_default: torch.Tensor, links: Sequence[str],
-                   backend: str = "auto", device: str | torch.device = "cpu", cache_table: bool = True) -> GSRenderer:
+                   backend: str = "auto", device: str | torch.device = "cpu", cache_table: bool = True,
+                   render_bs: int | None = None) -> GSRenderer:
     """The renderer of an asset folder. Foreground groups: the `links` (in order), then the
     cube and the plate. `link_world_default` (L, 4, 4): the links' world poses at the
     configuration their splats were captured at."""
@@ -77,7 +79,7 @@ def build_renderer(layout: AssetLayout, camera: Camera, link_world_default: torc
     table = SplatCloud.from_splats(t, means=t.means + torch.tensor(layout.table_offset))
     background = load_background(layout.background, camera.width, camera.height)
     return GSRenderer(fg, capture.float(), table, background, camera, make_rasterizer(backend, device), device,
-                      cache_table)
+                      cache_table, render_bs)
 
 
 class GSEnvCore:
@@ -86,7 +88,7 @@ class GSEnvCore:
     def __init__(self, assets_path: str, num_envs: int = 1, image_size: int = 160,
                  control_mode: str = "pd_ee_target_delta_pose", state_mode: str = "joint", render: bool = True,
                  sim_backend: str = "cpu", render_backend: str = "auto", cache_table: bool = True,
-                 camera: Optional[dict] = None, obs_mode: str = "state"):
+                 camera: Optional[dict] = None, obs_mode: str = "state", render_bs: Optional[int] = None):
         """obs_mode: ManiSkill's own observations ("state"; "rgb+segmentation" also renders the
         meshes with SAPIEN from the same camera, for comparing the two renders)."""
         import gymnasium as gym
@@ -117,7 +119,7 @@ class GSEnvCore:
             default = base @ link_poses(layout.urdf, layout.default_qpos, self.links)
             device = self.u.device if sim_backend == "gpu" else torch.device("cpu")
             self._renderer = build_renderer(layout, self.camera, default, self.links, render_backend, device,
-                                            cache_table)
+                                            cache_table, render_bs)
         self.state_dim = int(self.states().shape[-1])
 
     def poses(self) -> torch.Tensor:
@@ -192,11 +194,16 @@ class GSEnvFactory:
         self.task_name = task_name
         self.env_kwargs = env_kwargs
 
-    def __call__(self, index: int) -> GSEnvSingle:
-        # Runs in the env's worker process: workers already use the cores in parallel, and
-        # more torch threads per worker only contend (measured: 15x slower renders at 2).
-        torch.set_num_threads(1)
+    def build(self, index: int) -> GSEnvSingle:
+        """An env in this process."""
         return GSEnvSingle(self.task_name, **self.env_kwargs)
+
+    def __call__(self, index: int) -> GSEnvSingle:
+        """An env in a worker process (pirl.envs.vector): workers already use the cores in
+        parallel, and more torch threads per worker only contend (a 160x120 frame took 2.9 s
+        with 2 threads vs 0.2 s with 1 on the loaded 2-core machine)."""
+        torch.set_num_threads(1)
+        return self.build(index)
 
 
 class GSEnvGPUBackend:
@@ -266,13 +273,17 @@ def make_backend(task: Any, extra: dict, image_size: int, render: bool, num_envs
                   control_mode=str(extra.get("control_mode", "pd_ee_target_delta_pose")),
                   state_mode=str(extra.get("state_mode", "joint")),
                   render_backend=str(extra.get("render_backend", "auto")),
-                  cache_table=bool(extra.get("cache_table", True)), camera=extra.get("camera"))
+                  cache_table=bool(extra.get("cache_table", True)), camera=extra.get("camera"),
+                  render_bs=extra.get("render_bs"))
     sim_backend = str(extra.get("sim_backend", "gpu" if torch.cuda.is_available() else "cpu"))
     if sim_backend == "gpu":
         return GSEnvGPUBackend(name, num_envs, **kwargs)
     if sim_backend != "cpu":
         raise ValueError(f"env.*.init_params.sim_backend must be cpu or gpu, got {sim_backend!r}")
+    from pirl.envs.chunked import LocalBackend
     from pirl.envs.vector import WorkerBackend
 
-    # ManiSkill's CPU sim allows one env per process: one worker per env by default.
-    return WorkerBackend(GSEnvFactory(name, **kwargs), num_envs, num_workers or num_envs, timeout_s=timeout_s)
+    factory = GSEnvFactory(name, **kwargs)
+    if num_workers == 0:  # several CPU-sim envs share a process exactly (tests/test_envs_gsenv.py)
+        return LocalBackend([factory.build(i) for i in range(num_envs)])
+    return WorkerBackend(factory, num_envs, num_workers, timeout_s=timeout_s)

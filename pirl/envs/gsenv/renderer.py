@@ -68,10 +68,14 @@ class SplatCloud:
 
 class GSRenderer:
     def __init__(self, foreground: SplatCloud, capture: torch.Tensor, table: SplatCloud, background: torch.Tensor,
-                 camera: Camera, rasterizer: Rasterizer, device: torch.device | str = "cpu", cache_table: bool = True):
+                 camera: Camera, rasterizer: Rasterizer, device: torch.device | str = "cpu", cache_table: bool = True,
+                 render_bs: int | None = None):
         """foreground: G groups, capture (G, 4, 4) their capture transforms C_g; table: one
         static group, already in the world; background (H, W, 3) float in [0, 1] at the
-        camera's resolution."""
+        camera's resolution; render_bs: envs per rasterizer call (None: all B at once; fewer
+        bound the rasterizer's memory, the seeds' gs_kwargs.render_bs)."""
+        if render_bs is not None and render_bs < 1:
+            raise ValueError(f"env.*.init_params.render_bs must be >= 1 or null, got {render_bs}")
         if tuple(background.shape) != (camera.height, camera.width, 3):
             raise ValueError(f"background is {tuple(background.shape)}, the camera renders "
                              f"{camera.height}x{camera.width}")
@@ -89,6 +93,7 @@ class GSRenderer:
         self._K = camera.K.to(self.device, torch.float32)
         self._center = camera.center.to(self.device, torch.float32)
         self.cache_table = cache_table
+        self.render_bs = render_bs
         self._table_layer = self._render_table() if cache_table else None
 
     @property
@@ -96,8 +101,11 @@ class GSRenderer:
         return self.splats.num_groups
 
     def _rasterize(self, means, covs, colors, opacities):
-        return self.rasterizer(means, covs, colors, opacities, self._viewmat, self._K,
-                               self.camera.width, self.camera.height)
+        """(B, N, ...) world splats -> (B, H, W, 3), (B, H, W, 1), in calls of render_bs envs."""
+        step = self.render_bs or means.shape[0]
+        outs = [self.rasterizer(means[i:i + step], covs[i:i + step], colors[i:i + step], opacities, self._viewmat,
+                                self._K, self.camera.width, self.camera.height) for i in range(0, means.shape[0], step)]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
     def _render_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         identity = torch.eye(4, device=self.device)[None, None]
