@@ -1,4 +1,4 @@
-"""pirl entry point: config -> distributed init -> runner.run().
+"""pirl entry point: config -> threads per rank -> distributed init -> driver.run().
 
     deepspeed --hostfile launcher/hosts train.py --config-name reach2d_ppo_flow_sde [overrides]
     torchrun --nproc_per_node 2 train.py --config-name ...
@@ -40,19 +40,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     apply_hydra_runtime(job, args.overrides, rank)
     from pirl.checkpoint import CheckpointError
+    from pirl.driver import Driver
     from pirl.engine.dist import init_distributed, shutdown
+    from pirl.engine.threads import apply_threads, threads_per_rank
     from pirl.engine.watchdog import watch_ranks
-    from pirl.runner import Runner
 
+    threads, why = threads_per_rank(cfg.cluster.threads_per_rank)
+    apply_threads(threads)  # before any env worker, renderer or process group starts
     dist = init_distributed(timeout_s=cfg.cluster.timeout_s)
+    if dist.rank == 0:
+        print(f"threads per rank: {threads} ({why})", flush=True)
     lcfg = cfg.runner.logger
     hint = (f"The newest complete checkpoint under {lcfg.log_path}/{lcfg.experiment_name}/checkpoints "
             f"resumes with runner.resume_dir=auto.")
-    runner = None
+    driver = None
     try:
         with watch_ranks(dist.rank, dist.world_size, cfg.cluster.timeout_s, hint, agreed=(CheckpointError,)):
-            runner = Runner(cfg, dist)
-            results = runner.run()
+            driver = Driver(cfg, dist)
+            results = driver.run()
     except CheckpointError as e:  # a damaged or incompatible checkpoint: one message, every rank
         print(f"checkpoint error: {e}", file=sys.stderr)
         return 2
@@ -60,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         # Every rank ends the same way, also after an error: envs (and their worker
         # processes) closed, logger threads stopped, then the process group destroyed, so
         # nothing is left to be torn down by static destructors at interpreter exit.
-        if runner is not None:
-            runner.close()
+        if driver is not None:
+            driver.close(flush=False)  # a no-op after a completed run, which closed it itself
     shutdown()
     if dist.rank == 0 and results:
         print(" ".join(f"{k}={v:.4f}" for k, v in results.items()), flush=True)

@@ -4,6 +4,7 @@ derived sizes against an enumeration reference, the seeds' YAML snippets
 (tests/fixtures/seed_snippets) and the dry-run report. The reference system's own keys
 (mapped or refused) and the shipped experiments: tests/test_config_reference.py."""
 import json
+import math
 import random
 import re
 import shutil
@@ -711,7 +712,9 @@ def test_derived_sizes_match_enumeration_on_random_layouts(ds_json):
         if checked == 12:
             break
         world = rng.choice([1, 2, 3, 4, 6, 8, 12, 16])
-        split = rng.randint(1, world - 1) if world > 1 and rng.random() < 0.6 else None
+        # env and rollout counts that pair (pirl.engine.placement.pair_env_rollout): one divides the other
+        pairable = [k for k in range(1, world) if k % (world - k) == 0 or (world - k) % k == 0]
+        split = rng.choice(pairable) if pairable and rng.random() < 0.6 else None
         if split is None:
             placement = {"env": list(range(world)), "rollout": list(range(world)),
                          "actor": list(range(world))}
@@ -724,7 +727,8 @@ def test_derived_sizes_match_enumeration_on_random_layouts(ds_json):
         chunks = rng.choice([1, 2, 4, 5])
         steps = chunks * rng.randint(1, 6)
         epoch_steps = chunks * rng.randint(1, 6)  # a rollout epoch may span several episodes
-        lcm = len(placement["env"]) * len(placement["rollout"]) * stages
+        # envs split over env ranks x stages and rollout ranks x stages, trajectories over actor ranks
+        lcm = math.lcm(len(placement["env"]) * stages, len(placement["rollout"]) * stages, world)
         envs = lcm * rng.randint(1, 3)
         epochs = rng.randint(1, 3)
         micro = rng.choice([1, 2, 4])

@@ -484,8 +484,8 @@ def test_experiment_config_with_each_env_group(tmp_path, monkeypatch, group, tra
 
 
 def test_training_logs_report_the_average_length():
-    """The runner's episode means carry CALVIN's avg_len next to the seeds' metrics."""
-    from pirl.runner import _finished_episodes, episode_means
+    """The env workers' episode means carry CALVIN's avg_len next to the seeds' metrics."""
+    from pirl.workers.env_worker import episode_means, finished_episodes as _finished_episodes
 
     env = vec_env("standin", num_envs=2, max_steps=5)
     try:

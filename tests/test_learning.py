@@ -28,9 +28,9 @@ from pirl.demos.experts import collect_demos, expert_chunk
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "launcher" / "run.sh"
 
-# experiment -> (iterations, success it must reach)
+# experiment -> (iterations, success it must reach). Flow-SDE PPO (>= 0.90 in 50) runs in
+# tests/test_layouts.py, on every layout.
 BUDGETS = {
-    "reach2d_learn_ppo_flow_sde": (50, 0.90),
     "reach2d_learn_ppo_flow_noise": (50, 0.80),
     "reach2d_learn_grpo_flow_sde": (50, 0.80),
 }

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pirl.config.validate import ConfigError, check_layout, samples_per_rollout
-from pirl.engine.placement import COMPONENTS, format_ranks
+from pirl.engine.placement import COMPONENTS, describe_layout, format_ranks
 
 
 def world_size_of(cfg: DictConfig) -> int:
@@ -45,6 +45,7 @@ def sizes_at(cfg: DictConfig, world_size: int) -> dict[str, Any]:
         "samples_per_actor_rank": samples // n_actor,
         "grad_accum_steps": actor.global_batch_size // (actor.micro_batch_size * n_actor),
         "optimizer_steps_per_iteration": samples // actor.global_batch_size * alg.update_epoch,
+        "layout": describe_layout(p, env.total_num_envs // n_env, stages, samples // n_actor),
     }
 
 
@@ -113,4 +114,6 @@ def format_dry_run(cfg: DictConfig, sizes: dict[str, Any]) -> str:
         "# derived sizes",
         *lines,
         *notes,
+        "",
+        *sizes["layout"],
     ]) + "\n"

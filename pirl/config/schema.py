@@ -34,6 +34,9 @@ class ClusterConfig:
     # Required: a file or an override must give it (a merge with a default would place a
     # component twice).
     component_placement: dict = field(default_factory=dict)
+    # CPU threads per rank (torch, env workers, the software renderer); null: the host's
+    # cores / its ranks (pirl/engine/threads.py)
+    threads_per_rank: Optional[int] = None
     # A rank that dies or stops answering for this long ends the job: every other rank exits
     # naming it (pirl/engine/watchdog.py). Also the rendezvous and collective timeout.
     timeout_s: float = 600.0

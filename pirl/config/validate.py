@@ -16,7 +16,8 @@ from collections.abc import Callable
 from omegaconf import DictConfig, OmegaConf
 
 import pirl
-from pirl.engine.placement import Placement, PlacementError, format_ranks
+from pirl.algos import registry
+from pirl.engine.placement import Placement, PlacementError, format_ranks, pair_env_rollout
 from pirl.envs import SIMULATORS, check_init_params
 
 # The directory holding train.py, configs/ and ds_configs/: relative paths in a config
@@ -25,12 +26,10 @@ REPO_ROOT = Path(pirl.__file__).resolve().parents[1]
 
 NOISE_METHODS = ("flow_sde", "flow_noise")
 LOGPROB_TYPES = ("chunk_level", "action_level", "token_level")  # pirl.flow.chain
-# One RL step is one chunk: env rewards are summed over it (pirl.algos.chunk_rewards).
-# Per-action rewards would need a critic per action, which no policy has; refused here
-# rather than accepted and silently summed.
-REWARD_TYPES = ("chunk_level",)
-ADV_TYPES = ("gae", "grpo")
-LOSS_TYPES = ("actor_critic", "actor")
+# Reward reductions, advantage estimators and losses are the registry's (pirl.algos.registry).
+REWARD_TYPES = tuple(registry.REWARD_REDUCTIONS)
+ADV_TYPES = tuple(registry.ADVANTAGE_ESTIMATORS)
+LOSS_TYPES = tuple(registry.POLICY_LOSSES)
 VALUE_LOSS_TYPES = ("huber", "mse")
 LOSS_AGG_FUNCS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")  # pirl.algos.losses
 # standard: bootstrap truncated episodes; always: every ended one (the reference's two);
@@ -73,7 +72,7 @@ def _beta(v: Any) -> bool:
 # (key, predicate, what the predicate demands); None values are skipped (Optional keys).
 _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     *[(k, _positive, "a positive integer") for k in (
-        "cluster.num_nodes", "cluster.num_gpus_per_node",
+        "cluster.num_nodes", "cluster.num_gpus_per_node", "cluster.threads_per_rank",
         "runner.max_epochs", "runner.keep_last_n",
         "algorithm.update_epoch", "algorithm.group_size",
         *[f"env.{split}.{k}" for split in ("train", "eval") for k in (
@@ -225,16 +224,23 @@ def check_model_and_algorithm(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"actor.model.openpi.{sub}: {op[sub]} differs from actor.model.{top} "
                 f"({m[top]}); leave it as ${{..{top}}}")
-    if alg.adv_type == "gae" and (alg.loss_type != "actor_critic" or not m.add_value_head):
+    est = registry.estimator(alg.adv_type)
+    if est.needs_critic and (not registry.policy_loss(alg.loss_type).needs_critic or not m.add_value_head):
+        critic_losses = [k for k, v in registry.POLICY_LOSSES.items() if v.needs_critic]
         raise ConfigError(
-            f"algorithm.adv_type: gae needs a critic: set algorithm.loss_type: actor_critic "
-            f"(is {alg.loss_type}) and actor.model.add_value_head: True "
+            f"algorithm.adv_type: {alg.adv_type} needs a critic: set algorithm.loss_type: "
+            f"{' or '.join(critic_losses)} (is {alg.loss_type}) and actor.model.add_value_head: True "
             f"(is {m.add_value_head})")
-    if alg.adv_type == "gae" and m.model_type == "openpi" and not op.add_value_head:
+    if est.needs_critic and m.model_type == "openpi" and not op.add_value_head:
         raise ConfigError(
-            "actor.model.openpi.add_value_head: False, but algorithm.adv_type gae needs the "
+            f"actor.model.openpi.add_value_head: False, but algorithm.adv_type {alg.adv_type} needs the "
             "critic and π0 reads this key; remove it (it follows actor.model.add_value_head)")
-    if alg.adv_type == "grpo":
+    if est.needs_critic and m.model_type == "openvla_oft" and m.value_type == "action_level":
+        raise ConfigError(
+            f"actor.model.value_type: action_level gives one value per executed action, but "
+            f"algorithm.adv_type {alg.adv_type} with reward_type {alg.reward_type} scores one per chunk "
+            f"step (pirl.algos.registry); set actor.model.value_type: chunk_level")
+    if est.needs_groups:
         if alg.group_size < 2:
             raise ConfigError(f"algorithm.group_size: {alg.group_size}; GRPO compares "
                               f"episodes within a group and needs >= 2")
@@ -298,6 +304,20 @@ def samples_per_rollout(cfg: DictConfig) -> int:
             * (e.max_steps_per_rollout_epoch // cfg.actor.model.num_action_chunks))
 
 
+def _check_pairing(p: Placement, per_stage: int, group_size: int, key: str) -> None:
+    """Env ranks pair with rollout ranks (pirl.engine.placement.pair_env_rollout); when an
+    env rank feeds several rollout ranks, the parts of a stage must hold whole groups."""
+    try:
+        links = pair_env_rollout(p, per_stage)
+    except PlacementError as e:
+        raise ConfigError(f"cluster.component_placement.{e.key}: {e.detail} ({key}: {per_stage} envs per "
+                          f"env rank and stage)") from None
+    part = links[0].env_cols[1] - links[0].env_cols[0]
+    if part % group_size:
+        raise ConfigError(f"{key}: each rollout rank gets {part} envs of a stage, not a multiple of the group "
+                          f"size {group_size}; a group must not straddle rollout ranks")
+
+
 def check_layout(cfg: DictConfig, world_size: int) -> Placement:
     """Everything that depends on the world size: placement, env split, batch split."""
     p = placement_of(cfg, world_size)
@@ -318,6 +338,19 @@ def check_layout(cfg: DictConfig, world_size: int) -> Placement:
                 f"env.{split}.total_num_envs: {n} envs give {per_stage} per env rank and "
                 f"pipeline stage, not a multiple of env.{split}.group_size ({g}); a group "
                 f"must not straddle ranks or stages")
+        _check_pairing(p, per_stage, g, f"env.{split}.total_num_envs")
+    # trajectories (env columns x rollout epochs) split evenly over the actor ranks
+    cols = cfg.env.train.total_num_envs * cfg.env.train.rollout_epoch
+    if cols % actor_ranks:
+        raise ConfigError(
+            f"env.train.total_num_envs: {cfg.env.train.total_num_envs} envs x env.train.rollout_epoch "
+            f"{cfg.env.train.rollout_epoch} = {cols} trajectories per iteration do not split evenly over "
+            f"the {actor_ranks} actor ranks (cluster.component_placement.actor)")
+    g = cfg.algorithm.group_size
+    if registry.estimator(cfg.algorithm.adv_type).needs_groups and (cols // actor_ranks) % g:
+        raise ConfigError(
+            f"env.train.total_num_envs: {cols // actor_ranks} trajectories per actor rank are not a multiple of "
+            f"algorithm.group_size ({g}); a GRPO group must not straddle actor ranks")
     mb, gb = cfg.actor.micro_batch_size, cfg.actor.global_batch_size
     if gb % (mb * actor_ranks):
         raise ConfigError(
