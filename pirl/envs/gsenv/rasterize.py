@@ -81,8 +81,9 @@ def project(means: torch.Tensor, covs: torch.Tensor, opacities: torch.Tensor, vi
 
 
 def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x[index] along dim 0; index_select is several times faster than advanced indexing on
-    the CPU, where these gathers were 70% of a frame."""
+    """x[index] along dim 0. On the CPU index_select is faster than advanced indexing, which
+    was the largest cost of a frame: 160x120 frames went from 250 to 149 ms (same process,
+    alternating, load 11) with it and the per-splat values packed into one gather."""
     return torch.index_select(x, 0, index)
 
 
