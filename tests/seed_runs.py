@@ -102,13 +102,13 @@ def main(log_dir: str, names: list[str]) -> int:
 
     from pirl.config import load_config
     from pirl.engine.dist import init_distributed
-    from pirl.runner import Runner
+    from pirl.driver import Driver
 
     cache = _cache_backends()
     dist = init_distributed()
     for name in names:
         cfg = load_config(name, overrides=tiny_overrides(name, Path(log_dir)), world_size=1)
-        runner = Runner(cfg, dist)
+        runner = Driver(cfg, dist)
         metrics: dict[str, float] = {}
         log = runner.logger.log
 
@@ -120,7 +120,7 @@ def main(log_dir: str, names: list[str]) -> int:
         results = runner.run()
         clean = {k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}
         print(json.dumps({"name": name, "metrics": clean, "results": results,
-                          "ds_stage": runner.actor.zero_stage}), flush=True)
+                          "ds_stage": runner.actor.actor.zero_stage}), flush=True)
         del runner
     for backend in cache.values():
         backend._close_at_exit()

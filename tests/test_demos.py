@@ -262,7 +262,7 @@ def _check_norm_stats(ckpt: Path, states: np.ndarray, actions: np.ndarray, chunk
 
 # The tiny π0 of the MetaWorld quickstart, on a LIBERO-shaped env (8-D state, 7-D actions:
 # what LeRobot's LIBERO datasets and LIBERO's HDF5 files hold); ZeRO-2 keeps 60 steps short.
-LIBERO_SHAPED = ["env@env.train=libero_spatial", "env.train.task_suite_name=libero_spatial:0",
+LIBERO_SHAPED = ["env@env.train=libero_spatial", "env@env.eval=libero_spatial", "env.train.task_suite_name=libero_spatial:0",
                  "actor.model.action_dim=7", "actor.model.openpi.action_dim=8", "actor.ds_config=ds_configs/zero2.json"]
 
 
