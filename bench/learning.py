@@ -47,14 +47,15 @@ BEFORE_LINE = re.compile(r"eval before training: success ([0-9.]+)")
 def curve(name: str, seed: int, iterations: int, every: int, sft_episodes: int, sft_steps: int, ds_config: str,
           workdir: Path, overrides: list[str]) -> tuple[dict[int, float], float]:
     """Eval success by iteration {0: warm start, every: ..., ...} and the run's wall seconds."""
-    from pirl.config import load_config
-    from pirl.sft import warm_start
-
-    cfg = load_config(name, overrides=overrides)
-    policy, _ = warm_start(cfg, sft_episodes, steps=sft_steps, seed=seed)
-    ckpt = policy.save_pretrained(workdir / f"sft_{name}_{seed}")
+    ckpt = workdir / f"sft_{name}_{seed}"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+    sft = subprocess.run([sys.executable, "-m", "pirl.sft", "--config-name", name, "--out", str(ckpt),
+                          "--episodes", str(sft_episodes), "--steps", str(sft_steps), "--seed", str(seed),
+                          f"runner.logger.log_path={workdir / 'sft_logs'}", *overrides],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    if sft.returncode != 0:
+        raise RuntimeError(f"pirl.sft failed:\n{(sft.stdout + sft.stderr)[-3000:]}")
     cmd = ["bash", str(ROOT / "launcher" / "run.sh"), name, *overrides, f"actor.model.model_path={ckpt}",
            f"runner.max_epochs={iterations}", f"runner.val_check_interval={every}", "runner.save_interval=0",
            "runner.eval_before_train=True", f"runner.seed={1234 + seed}", f"env.train.seed={seed}",

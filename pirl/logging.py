@@ -89,9 +89,11 @@ class MetricLogger:
             print(prefix + msg, file=sys.stdout, flush=True)
 
     def close(self) -> None:
+        """Flush and stop every backend (their writer threads end here, not at exit); idempotent."""
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
         if self.swanlab is not None:
             self.swanlab.finish()
+        self.tb = self.wandb = self.swanlab = None

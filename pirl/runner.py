@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import random
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -190,8 +192,10 @@ class Runner:
         per_step = micro * ga
         totals: dict[str, float] = {}
         count = 0
+        # A redrawn bar only on a terminal: in a log file (CI, SLURM, `make train > log`) its
+        # carriage returns pile up; there the one summary line per iteration is the record.
         bar = tqdm(total=self.steps_per_iter, desc=f"iter {self.iteration}", leave=False,
-                   disable=not self.logger.active, dynamic_ncols=True)
+                   disable=not (self.logger.active and sys.stdout.isatty()), dynamic_ncols=True)
         for _ in range(int(self.cfg.algorithm.update_epoch)):
             perm = torch.randperm(n, generator=self.gen)
             for start in range(0, n - per_step + 1, per_step):
@@ -214,7 +218,8 @@ class Runner:
     def evaluate(self) -> dict[str, float]:
         """Deterministic ODE sampling, one episode per eval env; success of that episode."""
         env = self.eval_env
-        seed = int(self.cfg.env.eval.seed) + 7 * self.dist.rank
+        # rank r's envs reset with seeds base + r·B + i (group_seeds): no two ranks share one
+        seed = int(self.cfg.env.eval.seed) + env.num_envs * self.dist.rank
         obs = env.reset(seed=seed, group_size=1)
         # Fixed initial noise too: the same weights always score the same, and comparisons
         # before/after training see the same episodes and the same x1 draws.
@@ -273,10 +278,32 @@ class Runner:
             self.logger.info(f"success before: {results['success_before']:.3f}  after: {results['success_after']:.3f}")
         else:
             self.logger.info(f"success after: {results['success_after']:.3f}")
-        self.logger.close()
-        for env in self.envs + [self.eval_env]:
-            env.close()
+        if bool(cfg.save_policy):
+            self.export_policy()
+        self.close()
         return results
+
+    def export_policy(self) -> Path:
+        """The trained policy (the rollout replica, synced from the actor) as a pirl policy
+        checkpoint with its contract: what `python -m pirl.eval --checkpoint` and
+        `actor.model.model_path` load. Rank 0 writes <log_path>/<experiment>/policy."""
+        from pirl.models.contract import policy_contract
+
+        lcfg = self.cfg.runner.logger
+        path = Path(lcfg.log_path) / lcfg.experiment_name / "policy"
+        if self.dist.rank == 0:
+            self.rollout_policy.save_pretrained(path, {"policy": policy_contract(self.cfg, self.envs[0].state_dim),
+                                                       "iteration": self.iteration,
+                                                       "init_model_path": self.cfg.actor.model.model_path})
+            self.logger.info(f"policy written to {path}")
+        return path
+
+    def close(self) -> None:
+        """Close loggers and envs (their worker processes exit); idempotent."""
+        self.logger.close()
+        for env in self.envs + ([self.eval_env] if self.eval_env is not None else []):
+            env.close()
+        self.envs, self.eval_env = [], None
 
     # ---- checkpoint / resume ------------------------------------------------------------------
     def _runner_state(self) -> dict:
@@ -306,10 +333,11 @@ class Runner:
 
 
 def _finished_episodes(infos: dict, task_names) -> list[tuple[str, dict[str, float]]]:
-    """(task, {success_once, episode_len, return}) for every valid episode ended this chunk."""
+    """(task, {success_once, episode_len, return, and the sim's episode stats such as
+    CALVIN's avg_len}) for every valid episode ended this chunk."""
     done = infos["done"] & infos.get("valid", torch.ones_like(infos["done"]))
     ep = infos["episode"]
-    return [(str(task_names[i]) if task_names is not None else "", {k: float(ep[k][i]) for k in EPISODE_METRICS})
+    return [(str(task_names[i]) if task_names is not None else "", {k: float(ep[k][i]) for k in ep})
             for i in done.nonzero().flatten().tolist()]
 
 
@@ -325,11 +353,13 @@ def episode_means(episodes: list[tuple[str, dict[str, float]]]) -> dict[str, flo
         groups[""].append(m)
         if task:
             groups.setdefault(task, []).append(m)
+    stats = sorted({k for _, m in episodes for k in m} - set(EPISODE_METRICS))
     for task, ms in groups.items():
         prefix = f"env/{task}/" if task else "env/"
-        for k in EPISODE_METRICS:
-            if ms:
-                out[prefix + k] = sum(m[k] for m in ms) / len(ms)
+        for k in (*EPISODE_METRICS, *stats):
+            vals = [m[k] for m in ms if k in m]
+            if vals:
+                out[prefix + k] = sum(vals) / len(vals)
     out["env/num_episodes"] = float(len(episodes))
     return out
 

@@ -162,6 +162,7 @@ def test_actions_match_the_simulator_stepped_directly(kind):
     finally:
         env.close()
         ref_sim.close()
+        ref_sim.cid = -1  # calvin_env's __del__ would close the client once more (CalvinEnv.close does this)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -448,3 +449,80 @@ def test_real_scene_configs_reordered():
     for scene in "ABCD":
         assert list(scene_config(checkout, scene).objects.movable_objects) == ["block_red", "block_blue",
                                                                                "block_pink"]
+
+
+# ------------------------------------------------------------------------- the configs
+
+@pytest.mark.parametrize("group, train_suite, instructions", [("calvin_abc", "calvin_abc", "train"),
+                                                              ("calvin_d", "calvin_d", "validation"),
+                                                              ("calvin_abcd", "calvin_abcd", "train")])
+def test_experiment_config_with_each_env_group(tmp_path, monkeypatch, group, train_suite, instructions):
+    """The reference system's calvin_abc_d_ppo_openpi_pi05 composes and validates (the
+    checkout is checked before anything starts) with its hyper-parameters and sizes."""
+    from pirl.config import derived_sizes, load_config
+
+    monkeypatch.delenv("CALVIN_ROOT", raising=False)
+    root = _fake_checkout(tmp_path / "calvin")
+    cfg = load_config("calvin_abc_d_ppo_openpi_pi05", None, [f"env={group}", f"env.train.calvin_root={root}"])
+    train, ev = cfg.env.train, cfg.env.eval
+    assert (train.simulator_type, train.task, ev.task) == ("calvin", train_suite, "calvin_d")
+    assert ev.calvin_root == str(root) and train.extra.instructions == instructions
+    assert ev.extra.instructions == "validation"
+    assert (train.total_num_envs, train.max_episode_steps, train.image_size, train.extra.wrist_image_size) == (
+        64, 480, 200, 84)
+    assert train.use_rel_reward and train.extra.reward_mode == "dense"
+    m, alg, opt = cfg.actor.model, cfg.algorithm, cfg.actor.optim
+    assert (m.num_action_chunks, m.num_steps, m.action_dim, m.openpi.config_name, m.openpi.noise_level) == (
+        5, 5, 7, "pi05", 0.5)
+    assert (alg.rollout_epoch, alg.update_epoch, alg.clip_ratio_high, opt.lr, opt.value_lr) == (8, 4, 0.2, 5e-6, 1e-4)
+    sizes = derived_sizes(cfg, 8)
+    assert sizes["samples_per_rollout"] == 64 * 8 * (480 // 5) == 49152
+    assert sizes["envs_per_env_rank"] == 8
+
+
+def test_training_logs_report_the_average_length():
+    """The runner's episode means carry CALVIN's avg_len next to the seeds' metrics."""
+    from pirl.runner import _finished_episodes, episode_means
+
+    env = vec_env("standin", num_envs=2, max_steps=5)
+    try:
+        env.reset(seed=CHAIN)
+        change_scene(envs_of(env)[0].sim, *SCENE_CHANGES["turn_off_led"])
+        _, _, _, _, infos = env.chunk_step(still(2))  # both truncated at step 5; env 0 did one subtask
+        means = episode_means(_finished_episodes(infos, env.task_names))
+    finally:
+        env.close()
+    assert means["env/avg_len"] == 0.5 and means["env/scene_D/avg_len"] == 0.5
+    assert means["env/success_once"] == 0.0 and means["env/num_episodes"] == 2
+
+
+def test_pirl_eval_reports_chain_metrics():
+    """pirl.eval's episode loop over a CALVIN split: each episode's chain length comes back
+    with its seed, and the report has success at length 1..5 and the average length."""
+    from types import SimpleNamespace
+
+    from pirl.eval import calvin_summary, markdown_table, run_episodes, summarize
+
+    class PressButton:  # the policy: 7 steps down (the stand-in's button), 3 back up
+        def preprocess(self, obs):
+            return obs
+
+        def sample(self, obs, mode, gen):
+            a = still(obs["states"].shape[0], chunk=10)
+            a[:, :7, 2], a[:, 7:, 2] = -1.0, 1.0
+            return SimpleNamespace(actions=a)
+
+    env = vec_env("standin", num_envs=3, max_steps=60, subtask_max_steps=10)
+    try:
+        results = run_episodes(PressButton(), env, ["scene_D"], per_task=6, chunk=10, base_seed=0, rank=0,
+                               world=1, sampling="ode")
+    finally:
+        env.close()
+    seqs = get_sequences()
+    assert [r.seed for r in results] == list(range(6))
+    want = [int(seqs[r.seed][1][0] in ("turn_on_led", "turn_off_led")) for r in results]
+    assert [r.chain_len for r in results] == want
+    report = summarize(results, 6, {"calvin": calvin_summary(results)})
+    assert report.meta["calvin"]["calvin/success_len_1"] == pytest.approx(sum(want) / 6)
+    assert report.meta["calvin"]["calvin/avg_len"] == pytest.approx(sum(want) / 6)
+    assert "Avg. Subtasks" in markdown_table(report)

@@ -146,7 +146,10 @@ def test_workers_match_local_and_multitask_groups(tmp_path):
     path = tmp_path / "video" / "rank_3" / "rollout_0000.mp4"
     frames = imageio.mimread(path)
     assert len(frames) == 3  # reset + 2 chunk steps
-    assert frames[0].shape == (2 * SIZE, 2 * SIZE, 3)  # 4 envs tiled 2 x 2
+    from pirl.envs.video import MIN_TEXT_SIDE
+
+    side = SIZE * -(-MIN_TEXT_SIDE // SIZE)  # small renders are enlarged for the drawn text
+    assert frames[0].shape == (2 * side, 2 * side, 3)  # 4 envs tiled 2 x 2
     assert np.asarray(frames[-1]).std() > 5
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from pirl.envs.reach2d import Reach2DEnv
 from pirl.flow import FlowSpec
 from pirl.flow.matching import T_MIN, flow_matching_loss, interpolate, sample_times
 from pirl.models.flow_mlp import FlowMLPPolicy, sinusoidal_time_embedding
-from pirl.sft import collect_demos, expert_chunk, warm_start
+from pirl.demos.experts import collect_demos, expert_chunk
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "launcher" / "run.sh"
@@ -106,12 +107,15 @@ def test_scripted_expert_solves_the_learning_task():
 # ---- RL through the launcher ----------------------------------------------------------------
 
 def run_experiment(name: str, tmp: Path, iterations: int) -> tuple[float, float]:
-    cfg = load_config(name)
-    policy, losses = warm_start(cfg, SFT_EPISODES_PER_ENV, seed=0)
-    assert losses[-1] < 0.5 * losses[0]  # the warm start fitted the demos
-    ckpt = policy.save_pretrained(tmp / "sft")
+    ckpt = tmp / "sft"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+    sft = subprocess.run([sys.executable, "-m", "pirl.sft", "--config-name", name, "--out", str(ckpt),
+                          "--episodes", str(SFT_EPISODES_PER_ENV), f"runner.logger.log_path={tmp / 'sft_logs'}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert sft.returncode == 0, (sft.stdout + sft.stderr)[-3000:]
+    first, last = map(float, re.search(r"flow-matching loss ([0-9.]+) -> ([0-9.]+)", sft.stdout).groups())
+    assert last < 0.5 * first  # the warm start fitted the demos
     cmd = ["bash", str(LAUNCHER), name, f"actor.model.model_path={ckpt}",
            f"runner.max_epochs={iterations}", "runner.val_check_interval=0", "runner.save_interval=0",
            "runner.eval_before_train=True", f"runner.logger.log_path={tmp / 'runs'}",

@@ -286,3 +286,20 @@ def test_lerobot_formulas_and_conversion_between_conventions():
     torch.testing.assert_close(unnormalize(x, op, "zscore"), unnormalize(x, st, "zscore"), rtol=0, atol=1e-7)
     back = to_convention(op, "lerobot", 1e-8)
     torch.testing.assert_close(back.q99, st.q99, rtol=0, atol=1e-6)
+
+
+def test_lerobot_tokenizer_by_hub_id_comes_from_the_local_cache_only(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from pirl.models.pi0.tokenizer import HFTokenizer, load_tokenizer
+
+    repo = tmp_path / "hub" / "models--google--paligemma-3b-pt-224"
+    _hf_tokenizer(repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    tok = load_tokenizer("google/paligemma-3b-pt-224")
+    assert isinstance(tok, HFTokenizer) and tok.name == "google/paligemma-3b-pt-224"
+    assert tok.encode("pick up", add_bos=True) == [2, 5, 6]
+    with pytest.raises(FileNotFoundError, match="nor in the local Hugging Face cache"):
+        load_tokenizer("google/paligemma2-3b-pt-224")

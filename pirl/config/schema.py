@@ -16,6 +16,9 @@ class ClusterConfig:
     # component -> ranks: "all", "0-3", "0,2,4", "0-1,6-7". Keys may join components
     # with commas ("env,rollout,actor: all"). Every rank named must be < world size.
     component_placement: dict = field(default_factory=lambda: {"env,rollout,actor": "all"})
+    # A rank that dies or stops answering for this long ends the job: every other rank exits
+    # naming it (pirl/engine/watchdog.py). Also the rendezvous and collective timeout.
+    timeout_s: float = 600.0
 
 
 @dataclass
@@ -39,6 +42,7 @@ class RunnerConfig:
     resume_dir: Optional[str] = None  # null, "auto" (latest under log_path), or a checkpoint dir
     seed: int = 1234  # base seed of the run
     eval_before_train: bool = True  # evaluate the initial policy (success "before")
+    save_policy: bool = True  # at the end, write the trained policy to <log_path>/<experiment>/policy (pirl.eval reads it)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 

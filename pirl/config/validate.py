@@ -89,6 +89,7 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
         "algorithm.clip_ratio_low", "algorithm.clip_ratio_high", "algorithm.huber_delta",
         "algorithm.value_clip", "algorithm.max_grad_norm", "actor.optim.lr",
         "actor.optim.value_lr", "actor.optim.adam_eps", "actor.optim.clip_grad",
+        "cluster.timeout_s",
     )],
     *[(k, _non_negative, ">= 0") for k in (
         "algorithm.value_loss_coef", "algorithm.entropy_bonus", "env.train.reward_coef",
@@ -328,14 +329,22 @@ def check_paths(cfg: DictConfig) -> dict[str, Path]:
                           f"{type(parsed).__name__}")
     found["actor.ds_config"] = ds
     for split in ("train", "eval") if eval_enabled(cfg) else ("train",):
-        if cfg.env[split].simulator_type == "calvin":  # the checkout, before any process starts
+        env_cfg = cfg.env[split]
+        if env_cfg.simulator_type == "calvin":  # the checkout, before any process starts
             from pirl.envs.calvin import find_calvin_root
 
             try:
-                found[f"env.{split}.calvin_root"] = find_calvin_root(cfg.env[split].calvin_root,
+                found[f"env.{split}.calvin_root"] = find_calvin_root(env_cfg.calvin_root,
                                                                      f"env.{split}.calvin_root").root
             except FileNotFoundError as e:
                 raise ConfigError(str(e)) from None
+        if env_cfg.simulator_type == "gsenv":  # its asset folder, every file checked (no torch import)
+            from pirl.envs.gsenv.assets import check_assets
+
+            try:
+                found[f"env.{split}.extra.assets_path"] = check_assets(env_cfg.extra.get("assets_path")).root
+            except (FileNotFoundError, ValueError) as err:
+                raise ConfigError(f"env.{split}.extra.assets_path: {err}") from None
     return found
 
 

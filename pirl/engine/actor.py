@@ -124,7 +124,8 @@ class ActorEngine:
     """Owns the DeepSpeed engine of the policy. `train_step` runs one optimizer step over a
     list of this rank's micro-batches (DeepSpeed steps at the accumulation boundary)."""
 
-    def __init__(self, policy: Policy, actor_cfg, num_actor_ranks: int, total_steps: int):
+    def __init__(self, policy: nn.Module, actor_cfg, num_actor_ranks: int, total_steps: int):
+        # `policy`: a Policy for RL; pirl.sft hands it its flow-matching objective module.
         self.n_trainable, self.n_params = select_trainable(
             policy, list(actor_cfg.model.trainable), list(actor_cfg.model.frozen))
         self.ds_config = render_ds_config(actor_cfg, num_actor_ranks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -43,8 +44,9 @@ def _env_from_slurm() -> None:
         os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
 
 
-def init_distributed() -> DistInfo:
-    """Join (or, for a plain single process, create) the default process group."""
+def init_distributed(timeout_s: float | None = None) -> DistInfo:
+    """Join (or, for a plain single process, create) the default process group.
+    `timeout_s` (cluster.timeout_s) bounds the rendezvous and every collective."""
     set_runtime_env()
     import deepspeed
 
@@ -54,7 +56,8 @@ def init_distributed() -> DistInfo:
                           MASTER_PORT=str(free_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        kwargs = {"timeout": timedelta(seconds=timeout_s)} if timeout_s is not None else {}
+        deepspeed.init_distributed(dist_backend=backend, verbose=False, **kwargs)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -70,3 +73,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
         t = t.clone()
         torch.distributed.all_reduce(t)
     return t
+
+
+def shutdown() -> None:
+    """End the job's process group on every rank: a barrier (no rank leaves while another
+    still talks to it), then destroy the group. Without it the gloo / NCCL threads are torn
+    down by static destructors at interpreter exit, in no fixed order, and a rank can abort
+    with "terminate called without an active exception" (return code -6) after its work
+    is done."""
+    if torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() > 1:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

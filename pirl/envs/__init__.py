@@ -1,5 +1,5 @@
 """Env adapters behind one protocol (pirl/envs/base.py): reach2d (built in), ManiSkill3,
-LIBERO, MetaWorld, CALVIN. `make_env` is the one entry the runner uses.
+LIBERO, MetaWorld, CALVIN, GSEnv. `make_env` is the one entry the runner uses.
 
 Simulator envs are `pirl.envs.chunked.ChunkedVecEnv`s over a backend: all envs in this
 process (`num_workers: 0`), or spread over `num_workers` worker processes that are restarted
@@ -16,6 +16,9 @@ image_size and `extra`:
     metaworld:  camera_name (corner2)
     calvin:     instructions (train | validation), subtask_max_steps (null | 360), num_sequences
                 (1000), wrist_image_size (84), use_egl (false); the checkout: env.<split>.calvin_root
+    gsenv:      assets_path, control_mode, state_mode, sim_backend, render_backend (auto | torch |
+                gsplat), cache_table, render_bs, camera (pirl/envs/gsenv/env.py); image_size is the
+                image width
 Tasks: maniskill: an env id or a list (PickCube-v1); libero: a suite or "<suite>:<index>";
 metaworld: a task (reach-v3), MT10, MT50, ML45 (45 train tasks) or ML45:test (the 5 held out);
 calvin: calvin_abc, calvin_d or calvin_abcd (scenes; pirl/envs/calvin.py).
@@ -27,7 +30,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Optional
 
-SIMULATORS = ("reach2d", "maniskill", "libero", "metaworld", "calvin")
+SIMULATORS = ("reach2d", "maniskill", "libero", "metaworld", "calvin", "gsenv")
 
 # Keys of `extra` each simulator accepts (besides the common ones); anything else is a typo.
 _COMMON_EXTRA = {"render", "reward_mode", "worker_timeout_s"}
@@ -36,6 +39,8 @@ _EXTRA_KEYS = {
     "libero": {"assets_path", "reflections", "fast_render", "settle_steps"},
     "metaworld": {"camera_name"},
     "calvin": {"instructions", "subtask_max_steps", "num_sequences", "wrist_image_size", "use_egl"},
+    "gsenv": {"assets_path", "control_mode", "state_mode", "sim_backend", "render_backend", "cache_table", "render_bs",
+              "camera"},
 }
 
 
@@ -62,11 +67,11 @@ def make_env(split_cfg, num_envs: int, seed: int, rank: int = 0, *, video_cfg: O
     if kind == "reach2d":
         from pirl.envs.reach2d import Reach2DEnv
 
-        return Reach2DEnv(num_envs, max_episode_steps=int(split_cfg.max_episode_steps),
-                          image_size=int(split_cfg.image_size), auto_reset=bool(split_cfg.auto_reset),
-                          ignore_terminations=bool(split_cfg.ignore_terminations),
-                          use_rel_reward=bool(split_cfg.use_rel_reward), reward_coef=float(split_cfg.reward_coef),
-                          seed=seed, **extra)
+        return Reach2DEnv(num_envs, max_episode_steps=int(_get(split_cfg, "max_episode_steps")),
+                          image_size=int(_get(split_cfg, "image_size")), auto_reset=bool(_get(split_cfg, "auto_reset")),
+                          ignore_terminations=bool(_get(split_cfg, "ignore_terminations")),
+                          use_rel_reward=bool(_get(split_cfg, "use_rel_reward")),
+                          reward_coef=float(_get(split_cfg, "reward_coef")), seed=seed, **extra)
     if kind not in SIMULATORS:
         raise ValueError(f"env.*.simulator_type must be one of {SIMULATORS}, got {kind!r}")
     unknown = set(extra) - _COMMON_EXTRA - _EXTRA_KEYS[kind]
@@ -143,6 +148,10 @@ def _make_backend(kind: str, split_cfg: Any, extra: dict, num_envs: int, group_s
         # ManiSkill's CPU backend allows one env per process: one worker per env by default.
         return WorkerBackend(ms.ManiSkillFactory(tasks, group_size, **kwargs), num_envs,
                              num_workers or num_envs, timeout_s=timeout_s)
+    if kind == "gsenv":
+        from pirl.envs.gsenv.env import make_backend
+
+        return make_backend(task, extra, image_size, render, num_envs, num_workers, timeout_s)
     factory: Callable[[int], Any]  # env index -> one simulator env
     if kind == "calvin":
         from pirl.envs import calvin

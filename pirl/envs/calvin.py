@@ -55,7 +55,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -253,6 +253,16 @@ def load_instructions(checkout: CalvinCheckout, which: str) -> dict[str, list[st
     return {str(k): [str(s) for s in v] for k, v in table.items()}
 
 
+class CalvinSource(Protocol):
+    """Where CalvinFactory gets a simulator and the instructions (picklable, for workers)."""
+
+    def build(self, scene: str, main_size: int, wrist_size: int, use_egl: bool) -> tuple[Any, Any]:
+        """(simulator, task oracle) for scene A-D."""
+
+    def instructions(self, which: str) -> dict[str, list[str]]:
+        """Task name -> instructions of the train or validation set."""
+
+
 class CheckoutSource:
     """Builds calvin_env's simulator and task oracle from a checkout (picklable: a path)."""
 
@@ -405,7 +415,7 @@ class CalvinFactory:
     `source` builds the simulator and gives the instructions: a `CheckoutSource`, or the
     stand-in's (pirl.envs.calvin_standin.StandInSource) in tests."""
 
-    def __init__(self, source: Any, scenes: Sequence[str], group_size: int, *, main_size: int = MAIN_SIZE,
+    def __init__(self, source: CalvinSource, scenes: Sequence[str], group_size: int, *, main_size: int = MAIN_SIZE,
                  wrist_size: int = WRIST_SIZE, use_egl: bool = False, instructions: str = "validation",
                  subtask_max_steps: Optional[int] = None, num_sequences: int = NUM_SEQUENCES, render: bool = True):
         if instructions not in INSTRUCTION_SETS:

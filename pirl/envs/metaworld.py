@@ -102,7 +102,7 @@ def resolve_tasks(task: Any) -> tuple[str, list[str]]:
 
     if task is None:
         raise ValueError("env.<split>.task must name a MetaWorld task (reach-v3), MT10, MT50, ML45 or ML45:test")
-    if isinstance(task, (list, tuple)):
+    if not isinstance(task, str) and isinstance(task, Sequence):  # a list (or an OmegaConf ListConfig)
         bench, names = "MT50", [str(t) for t in task]
     else:
         head, _, tail = str(task).partition(":")

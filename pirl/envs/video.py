@@ -50,6 +50,17 @@ def wrap(text: str, width_px: int) -> list[str]:
     return lines
 
 
+# Below this many pixels a side the drawn text would cover the scene: small renders (the
+# tiny policies' 64 px) are enlarged by an integer factor (nearest) before annotation.
+MIN_TEXT_SIDE = 192
+
+
+def upscale(frames: np.ndarray, min_side: int) -> np.ndarray:
+    """(N, H, W, 3) -> (N, kH, kW, 3) with the smallest integer k >= 1 that makes min(H, W) >= min_side."""
+    k = max(1, -(-min_side // min(frames.shape[1:3])))
+    return frames if k == 1 else frames.repeat(k, axis=1).repeat(k, axis=2)
+
+
 def tile(frames: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) -> one (rows*H, cols*W, 3) image, cols = ceil(sqrt(N)); even sides
     (H.264 needs them)."""
@@ -93,6 +104,7 @@ class VideoRecorder:
         images = obs["main_images"][: self.max_envs]
         images = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
         if self.info_on_video:
+            images = upscale(images, MIN_TEXT_SIDE)
             descs = obs.get("task_descriptions", [""] * len(images))
             images = np.stack(
                 [
