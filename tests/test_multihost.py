@@ -44,8 +44,8 @@ def cluster(tmp_path):
 def _overrides(log_path: Path) -> list[str]:
     return ["cluster.num_nodes=2", "cluster.num_gpus_per_node=2", "actor.ds_config=ds_configs/zero3.json",
             "env.train.total_num_envs=32", "env.eval.total_num_envs=8", "actor.micro_batch_size=8",
-            "actor.global_batch_size=32", "env.train.extra.success_radius=0.4",
-            "env.train.extra.speed=0.3", "actor.model.hidden_dim=512", "runner.val_check_interval=0",
+            "actor.global_batch_size=32", "env.train.init_params.success_radius=0.4",
+            "env.train.init_params.speed=0.3", "actor.model.hidden_dim=512", "runner.val_check_interval=0",
             "runner.save_interval=1", "runner.keep_last_n=3", f"cluster.timeout_s={TIMEOUT_S}",
             "runner.logger.experiment_name=exp", f"runner.logger.log_path={log_path}"]
 
@@ -103,7 +103,12 @@ def test_two_hosts_train_die_mid_save_and_resume(cluster, tmp_path):
     assert {f"actor/actor/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(4)} <= set(manifest["files"])
     assert not _left_behind(cluster)
 
-    # 2. the literal command, resuming; rank 3 (second host) dies while a checkpoint is written
+    # 2. the literal command, resuming, with the .deepspeed_env that `run.sh --write-env` writes;
+    #    rank 3 (second host) dies while a checkpoint is written
+    Path(cluster.env["DS_ENV_FILE"]).unlink()
+    written = cluster.run(0, [str(ROOT / "launcher" / "run.sh"), "--write-env"], timeout=120, cwd=ROOT)
+    assert written.returncode == 0 and dict(
+        line.split("=", 1) for line in Path(cluster.env["DS_ENV_FILE"]).read_text().splitlines()) == ds_env
     literal = cluster.popen(0, ["deepspeed", "--hostfile", cluster.env["PIRL_HOSTFILE"], "train.py",
                                 "--config-name", CONFIG, *base, "runner.max_epochs=1000", "runner.resume_dir=auto",
                                 "runner.eval_before_train=false"],
