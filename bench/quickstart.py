@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,17 +32,26 @@ def loadavg() -> str:
 
 
 def run_seed(root: Path, seed: int, extra: list[str], timeout_s: float) -> float:
+    """One `make train` for `seed`, its output in <run>/make_train.log. In its own session:
+    on timeout the whole job (make, the launcher, its ranks) is killed, not make alone, which
+    would leave the ranks running, and a file instead of a pipe keeps the log of a cut run."""
     run = root / f"seed{seed}"
     run.mkdir(parents=True, exist_ok=True)
     load_before = loadavg()
     t0 = time.perf_counter()
-    proc = subprocess.run(["make", "train", f"RUN={run}", f"SEED={seed}", *extra], cwd=ROOT,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True,
-                          timeout=timeout_s)
+    with open(run / "make_train.log", "w") as log:
+        proc = subprocess.Popen(["make", "train", f"RUN={run}", f"SEED={seed}", *extra], cwd=ROOT,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise RuntimeError(f"make train (seed {seed}) ran past {timeout_s:.0f} s: {run / 'make_train.log'}")
     wall = time.perf_counter() - t0
-    (run / "make_train.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise RuntimeError(f"make train (seed {seed}) exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    if rc != 0:
+        raise RuntimeError(f"make train (seed {seed}) exited {rc}: {run / 'make_train.log'}")
     (run / "wall_s.txt").write_text(f"{wall:.1f}\n")
     # timings on the shared machine mean little without the load they were taken at
     (run / "load.txt").write_text(f"{load_before} -> {loadavg()}\n")
