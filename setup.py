@@ -64,8 +64,9 @@ setup(
         # GSEnv's CUDA rasterizer; it JIT-builds its CUDA sources on first use (needs a CUDA torch).
         "gs": ["gsplat==1.5.3", TORCH],
         # orbax (with jax on the CPU) writes the openpi JAX checkpoints the tests load;
-        # pyarrow / pandas / av: LeRobotDataset demonstrations (parquet + mp4); h5py: LIBERO's HDF5
+        # pyarrow / pandas / av: LeRobotDataset demonstrations (parquet + mp4); h5py: LIBERO's HDF5;
+        # scipy: independent references in tests (rotations, spherical harmonics)
         "dev": ["pytest", "pytest-timeout", "pytest-instafail", "ruff==0.17.6", "mypy==2.4.1", "orbax-checkpoint",
-                "jax", "pyarrow", "pandas", "av", "h5py"],
+                "jax", "pyarrow", "pandas", "av", "h5py", "scipy"],
     },
 )

@@ -55,6 +55,7 @@ class EpisodeResult:
     length: int  # env steps
     seed: int  # the episode's reset seed
     order: int = 0  # (wave, rank, env) rank in the run, for "the first N"
+    chain_len: int | None = None  # CALVIN: subtasks of the episode's chain done in a row (0-5)
 
 
 @dataclass
@@ -123,6 +124,8 @@ def markdown_table(report: Report) -> str:
         ok_len = "-" if math.isnan(s.episode_len_success_mean) else f"{s.episode_len_success_mean:.1f}"
         rows.append(f"| {name} | {s.episodes} | {_pct(s.success_rate)} | [{_pct(s.ci95[0])}, {_pct(s.ci95[1])}] "
                     f"| {s.episode_len_mean:.1f} | {ok_len} |")
+    if "calvin" in report.meta:  # chain lengths: success at length 1..5, average length
+        rows += ["", report.meta["calvin"]["table"]]
     return "\n".join(rows)
 
 
@@ -172,6 +175,7 @@ def run_episodes(policy, env, task_names: list[str], per_task: int, chunk: int, 
         obs = env.reset(seed=seed)
         success = torch.zeros(B, dtype=torch.bool)
         length = torch.zeros(B, dtype=torch.long)
+        chain_len = torch.full((B,), -1, dtype=torch.long)  # CALVIN's avg_len stat; -1: none
         done = torch.zeros(B, dtype=torch.bool)
         for _ in range(n_chunks):
             sample = policy.sample(policy.preprocess(obs), mode, gen)
@@ -179,6 +183,8 @@ def run_episodes(policy, env, task_names: list[str], per_task: int, chunk: int, 
             newly = info["done"] & ~done
             success[newly] = info["episode"]["success_once"][newly] > 0
             length[newly] = info["episode"]["episode_len"][newly].long()
+            if "avg_len" in info["episode"]:
+                chain_len[newly] = info["episode"]["avg_len"][newly].long()
             done |= info["done"]
             if bool(done.all()):
                 break
@@ -188,8 +194,20 @@ def run_episodes(policy, env, task_names: list[str], per_task: int, chunk: int, 
         names = getattr(env, "task_names", None) or task_names * B
         for i in range(B):
             out.append(EpisodeResult(str(names[i]), bool(success[i]), int(length[i]), seed + i,
-                                     order=(w * world + rank) * B + i))
+                                     order=(w * world + rank) * B + i,
+                                     chain_len=int(chain_len[i]) if chain_len[i] >= 0 else None))
     return out
+
+
+def calvin_summary(results: list[EpisodeResult], num_sequences: int = 1000) -> dict:
+    """CALVIN's metrics of the episodes (success at chain length 1..5, average length, with
+    intervals; per-task success), each episode's chain named by its reset seed."""
+    from pirl.envs.calvin_metrics import chain_metrics, chains_of_seeds
+
+    kept = sorted((r for r in results if r.chain_len is not None), key=lambda r: r.seed)
+    lengths = [r.chain_len for r in kept if r.chain_len is not None]
+    chain = chain_metrics(lengths, chains_of_seeds([r.seed for r in kept], num_sequences))
+    return {**chain.metrics(), "table": chain.table(), "task_success": chain.task_success}
 
 
 def _gather(results: list[EpisodeResult]) -> list[EpisodeResult]:
@@ -269,6 +287,8 @@ def evaluate_checkpoint(cfg, checkpoint: str, per_task: int, sampling: str, out_
             "ranks": dist.world_size, "envs_per_rank": envs_per_rank, "env": OmegaConf.to_container(split, resolve=True),
             "checkpoint_meta": read_checkpoint_meta(checkpoint), "videos": [str(p) for p in (video.paths if video else [])]}
     report = summarize(results, per_task, meta)
+    if split.simulator_type == "calvin":  # CALVIN's chain metrics over the same episodes
+        report.meta["calvin"] = calvin_summary(results, int(split.extra.get("num_sequences", 1000)))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "eval.json").write_text(json.dumps(report.to_json(), indent=1, default=str))

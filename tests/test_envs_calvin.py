@@ -494,3 +494,35 @@ def test_training_logs_report_the_average_length():
         env.close()
     assert means["env/avg_len"] == 0.5 and means["env/scene_D/avg_len"] == 0.5
     assert means["env/success_once"] == 0.0 and means["env/num_episodes"] == 2
+
+
+def test_pirl_eval_reports_chain_metrics():
+    """pirl.eval's episode loop over a CALVIN split: each episode's chain length comes back
+    with its seed, and the report has success at length 1..5 and the average length."""
+    from types import SimpleNamespace
+
+    from pirl.eval import calvin_summary, markdown_table, run_episodes, summarize
+
+    class PressButton:  # the policy: 7 steps down (the stand-in's button), 3 back up
+        def preprocess(self, obs):
+            return obs
+
+        def sample(self, obs, mode, gen):
+            a = still(obs["states"].shape[0], chunk=10)
+            a[:, :7, 2], a[:, 7:, 2] = -1.0, 1.0
+            return SimpleNamespace(actions=a)
+
+    env = vec_env("standin", num_envs=3, max_steps=60, subtask_max_steps=10)
+    try:
+        results = run_episodes(PressButton(), env, ["scene_D"], per_task=6, chunk=10, base_seed=0, rank=0,
+                               world=1, sampling="ode")
+    finally:
+        env.close()
+    seqs = get_sequences()
+    assert [r.seed for r in results] == list(range(6))
+    want = [int(seqs[r.seed][1][0] in ("turn_on_led", "turn_off_led")) for r in results]
+    assert [r.chain_len for r in results] == want
+    report = summarize(results, 6, {"calvin": calvin_summary(results)})
+    assert report.meta["calvin"]["calvin/success_len_1"] == pytest.approx(sum(want) / 6)
+    assert report.meta["calvin"]["calvin/avg_len"] == pytest.approx(sum(want) / 6)
+    assert "Avg. Subtasks" in markdown_table(report)

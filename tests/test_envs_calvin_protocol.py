@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from pirl.envs import calvin_sequences as cs
-from pirl.envs.calvin_metrics import chain_metrics, mean_interval, wilson_interval
+from pirl.envs.calvin_metrics import chain_metrics, mean_interval
+from pirl.eval import wilson_interval
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "calvin" / "protocol_reference.json").read_text())
 CALVIN_ROOT = os.environ.get("CALVIN_ROOT")

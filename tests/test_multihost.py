@@ -103,7 +103,12 @@ def test_two_hosts_train_die_mid_save_and_resume(cluster, tmp_path):
     assert {f"actor/actor/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(4)} <= set(manifest["files"])
     assert not _left_behind(cluster)
 
-    # 2. the literal command, resuming; rank 3 (second host) dies while a checkpoint is written
+    # 2. the literal command, resuming, with the .deepspeed_env that `run.sh --write-env` writes;
+    #    rank 3 (second host) dies while a checkpoint is written
+    Path(cluster.env["DS_ENV_FILE"]).unlink()
+    written = cluster.run(0, [str(ROOT / "launcher" / "run.sh"), "--write-env"], timeout=120, cwd=ROOT)
+    assert written.returncode == 0 and dict(
+        line.split("=", 1) for line in Path(cluster.env["DS_ENV_FILE"]).read_text().splitlines()) == ds_env
     literal = cluster.popen(0, ["deepspeed", "--hostfile", cluster.env["PIRL_HOSTFILE"], "train.py",
                                 "--config-name", CONFIG, *base, "runner.max_epochs=1000", "runner.resume_dir=auto",
                                 "runner.eval_before_train=false"],

@@ -11,7 +11,8 @@ rates; for the average length the normal interval of a mean, mean +- z * s / sqr
 Per task: how often it succeeded when it was attempted (a chain attempts its tasks up to
 and including the first failure).
 
-`run_chains` runs the protocol: chain c of `get_sequences(num_sequences)` in env slot
+`python -m pirl.eval` reports these for a CALVIN eval split (its episodes' reset seeds name
+their chains); `run_chains` runs the protocol without a policy checkpoint: chain c of `get_sequences(num_sequences)` in env slot
 c % B, B chains at a time, each until it completes, fails its subtask budget or reaches
 max_episode_steps. The official ABC->D evaluation is 1000 chains on scene D
 (env.eval.task calvin_d) with `extra.subtask_max_steps: 360`, validation instructions,
@@ -30,18 +31,7 @@ import numpy as np
 import torch
 
 from pirl.envs.calvin_sequences import CHAIN_LENGTH, NUM_SEQUENCES, get_sequences
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a binomial rate (stays inside [0, 1], good at 0 and n)."""
-    if n < 1:
-        raise ValueError(f"wilson_interval: n must be >= 1, got {n}")
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+from pirl.eval import wilson_interval
 
 
 def mean_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
@@ -115,7 +105,7 @@ def chain_metrics(lengths: Sequence[int], chains: Optional[Sequence[Sequence[str
     return ChainResult(
         num_chains=n,
         success=[r / n for r in reached],
-        success_interval=[wilson_interval(r, n, confidence) for r in reached],
+        success_interval=[wilson_interval(r, n, NormalDist().inv_cdf(0.5 + confidence / 2)) for r in reached],
         avg_len=float(arr.mean()),
         avg_len_interval=mean_interval(arr.astype(np.float64), confidence),
         task_success=task_success,

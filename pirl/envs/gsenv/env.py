@@ -7,9 +7,10 @@ splats and renders the third-person camera; the state is the robot's joint angle
 (9,), as RLinf's ManiSkill wrapper gives π0.5) or ManiSkill's full state vector (46: qpos,
 qvel, the end-effector controller's target pose, then the TCP, cube and plate poses, 7 each).
 
-  * CPU sim (`sim_backend: cpu`): one env per worker process (`GSEnvSingle`, a
-    SingleEnv), rendered by pirl's torch rasterizer (small images: `image_size` is the image
-    width; 160 renders 160x120).
+  * CPU sim (`sim_backend: cpu`): `GSEnvSingle`s (SingleEnv), in this process
+    (`num_workers: 0`) or spread over worker processes, rendered by pirl's torch rasterizer
+    (small images: `image_size` is the image width; 160 renders 160x120). Unlike ManiSkill's
+    own CPU envs, several share a process with exactly the results they give alone.
   * GPU sim (`sim_backend: gpu`): all B envs of a rank in one GPU scene (`GSEnvGPUBackend`, a
     Backend), rendered in one batched gsplat call.
 
@@ -193,11 +194,16 @@ class GSEnvFactory:
         self.task_name = task_name
         self.env_kwargs = env_kwargs
 
-    def __call__(self, index: int) -> GSEnvSingle:
-        # Runs in the env's worker process: workers already use the cores in parallel, and
-        # more torch threads per worker only contend (measured: 15x slower renders at 2).
-        torch.set_num_threads(1)
+    def build(self, index: int) -> GSEnvSingle:
+        """An env in this process."""
         return GSEnvSingle(self.task_name, **self.env_kwargs)
+
+    def __call__(self, index: int) -> GSEnvSingle:
+        """An env in a worker process (pirl.envs.vector): workers already use the cores in
+        parallel, and more torch threads per worker only contend (a 160x120 frame took 2.9 s
+        with 2 threads vs 0.2 s with 1 on the loaded 2-core machine)."""
+        torch.set_num_threads(1)
+        return self.build(index)
 
 
 class GSEnvGPUBackend:
@@ -274,7 +280,10 @@ def make_backend(task: Any, extra: dict, image_size: int, render: bool, num_envs
         return GSEnvGPUBackend(name, num_envs, **kwargs)
     if sim_backend != "cpu":
         raise ValueError(f"env.extra.sim_backend must be cpu or gpu, got {sim_backend!r}")
+    from pirl.envs.chunked import LocalBackend
     from pirl.envs.vector import WorkerBackend
 
-    # ManiSkill's CPU sim allows one env per process: one worker per env by default.
-    return WorkerBackend(GSEnvFactory(name, **kwargs), num_envs, num_workers or num_envs, timeout_s=timeout_s)
+    factory = GSEnvFactory(name, **kwargs)
+    if num_workers == 0:  # several CPU-sim envs share a process exactly (tests/test_envs_gsenv.py)
+        return LocalBackend([factory.build(i) for i in range(num_envs)])
+    return WorkerBackend(factory, num_envs, num_workers, timeout_s=timeout_s)
