@@ -48,7 +48,7 @@ def run_seed(root: Path, seed: int, extra: list[str], timeout_s: float) -> float
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            raise RuntimeError(f"make train (seed {seed}) ran past {timeout_s:.0f} s: {run / 'make_train.log'}")
+            raise RuntimeError(f"make train (seed {seed}) ran past {timeout_s:.0f} s: {run / 'make_train.log'}") from None
     wall = time.perf_counter() - t0
     if rc != 0:
         raise RuntimeError(f"make train (seed {seed}) exited {rc}: {run / 'make_train.log'}")
