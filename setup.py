@@ -23,6 +23,7 @@ setup(
         "transformers>=5.0,<6",
         "peft>=0.17",
         "omegaconf>=2.3",
+        "hydra-core>=1.3,<1.4",  # config composition (pirl/config/compose.py)
         "pyyaml",
         "safetensors",
         # reads openpi's JAX (orbax / OCDBT) checkpoints without JAX

@@ -32,13 +32,15 @@ def measure(sim: str, size: int, workers: int, render: bool, chunk: int, chunks:
     from pirl.config.schema import EnvSplitConfig
     from pirl.envs import make_env
 
-    extra: dict = {"render": render}
+    params: dict = {"render": render}
     if sim == "maniskill":
-        extra["sim_backend"] = "cpu"
+        params |= {"id": TASKS[sim], "sim_backend": "cpu", "sensor_configs": {"width": size, "height": size}}
+    else:
+        params |= {"camera_heights": size, "camera_widths": size}
     if sim == "libero":
-        extra["fast_render"] = fast_render
-    cfg = EnvSplitConfig(simulator_type=sim, task=TASKS[sim], max_episode_steps=10_000, image_size=size,
-                         num_workers=workers, extra=extra)
+        params["fast_render"] = fast_render
+    cfg = EnvSplitConfig(env_type=sim, task_suite_name=None if sim == "maniskill" else TASKS[sim],
+                         max_episode_steps=10_000, num_workers=workers, init_params=params)
     env = make_env(cfg, workers, seed=0)
     try:
         env.reset()

@@ -80,8 +80,9 @@ def protocol(assets: str, width: int, workers: int, chunks: int) -> list[str]:
 
     rows = ["| workers | width | env steps/s (chunk 5, rendered once per chunk) |", "|---|---|---|"]
     for n in sorted({1, workers}):
-        cfg = EnvSplitConfig(simulator_type="gsenv", task="PutCubeOnPlate-v0", max_episode_steps=10_000,
-                             image_size=width, num_workers=n, extra={"assets_path": assets, "sim_backend": "cpu"})
+        cfg = EnvSplitConfig(env_type="gsenv", max_episode_steps=10_000, num_workers=n,
+                             init_params={"id": "PutCubeOnPlate-v0", "camera_widths": width, "assets_path": assets,
+                                          "sim_backend": "cpu"})
         env = make_env(cfg, n, seed=0)
         try:
             env.reset()

@@ -33,10 +33,10 @@ SECTION = "## Learning"
 # weights: a frozen random VLM carries no task information), the main camera rendered.
 MODEL_OVERRIDES = {
     "flow_mlp": [],
-    "pi0_tiny": ["model=pi0_tiny", "actor.model.num_steps=1", "actor.model.openpi.train_expert_only=False",
-                 "env.train.extra.render=True", "env.eval.extra.render=True"],
+    "pi0_tiny": ["model@actor.model=pi0_tiny", "actor.model.num_steps=1", "actor.model.openpi.train_expert_only=False",
+                 "env.train.init_params.render=True"],
 }
-MODEL_OVERRIDES["pi05_tiny"] = ["model=pi05_tiny"] + MODEL_OVERRIDES["pi0_tiny"][1:]
+MODEL_OVERRIDES["pi05_tiny"] = ["model@actor.model=pi05_tiny"] + MODEL_OVERRIDES["pi0_tiny"][1:]
 EVAL_LINE = re.compile(r"^iter (\d+) \|.*eval/success_once=([0-9.]+)")
 BEFORE_LINE = re.compile(r"eval before training: success ([0-9.]+)")
 

@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Memory planner"
 CONFIG = "reach2d_ppo_flow_sde"
 MODELS = {  # overrides of the reach2d experiment that select each model size
-    "pi0_tiny": ["model=pi0_tiny"],
-    "pi0_mid": ["model=pi0_tiny", "actor.model.openpi.config_name=pi0_mid", "actor.model.action_horizon=16",
+    "pi0_tiny": ["model@actor.model=pi0_tiny"],
+    "pi0_mid": ["model@actor.model=pi0_tiny", "actor.model.openpi.config_name=pi0_mid", "actor.model.openpi.action_horizon=16",
                 "actor.model.openpi.max_token_len=48"],
-    "pi05_mid": ["model=pi05_tiny", "actor.model.openpi.config_name=pi05_mid", "actor.model.action_horizon=16",
+    "pi05_mid": ["model@actor.model=pi05_tiny", "actor.model.openpi.config_name=pi05_mid", "actor.model.openpi.action_horizon=16",
                  "actor.model.openpi.max_token_len=64"],
 }
 WORLD = 2

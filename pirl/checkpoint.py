@@ -275,7 +275,8 @@ class CheckpointManager:
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir()
         _barrier()
-        actor.save(str(tmp / "actor"), client_state={"iteration": iteration})
+        if actor is not None:  # None on a rank with no actor role (pirl.driver)
+            actor.save(str(tmp / "actor"), client_state={"iteration": iteration})
         save_state(state, tmp / f"runner_rank{self.rank}")
         if self.rank == 0:
             OmegaConf.save(self.cfg, tmp / "config.yaml", resolve=True)
@@ -334,7 +335,8 @@ class CheckpointManager:
             problem = self.check(path)
             if problem is not None:
                 raise CheckpointError(f"cannot resume from {path}: {problem}")
-        actor.load(str(path / "actor"))
+        if actor is not None:
+            actor.load(str(path / "actor"))
         return load_state(path / f"runner_rank{self.rank}")
 
 

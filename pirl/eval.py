@@ -222,18 +222,20 @@ def _gather(results: list[EpisodeResult]) -> list[EpisodeResult]:
 
 def eval_task_names(split) -> list[str]:
     """Task names of an env section, in the order envs are assigned them."""
-    sim = str(split.simulator_type)
+    from pirl.envs import task_spec
+
+    sim = split.env_type
     if sim == "metaworld":
         from pirl.envs.metaworld import resolve_tasks
 
-        return resolve_tasks(split.task)[1]
+        return resolve_tasks(task_spec(split))[1]
     if sim == "libero":
         from pirl.envs.libero import resolve_tasks as libero_tasks
 
-        suite, indices = libero_tasks(split.task)
+        suite, indices = libero_tasks(task_spec(split))
         return [f"{suite}:{i}" for i in indices]
     if sim == "maniskill":
-        task = split.task
+        task = task_spec(split)
         return [str(t) for t in task] if isinstance(task, (list, tuple)) else [str(task or "PickCube-v1")]
     return [sim]
 
@@ -270,7 +272,7 @@ def evaluate_checkpoint(cfg, checkpoint: str, per_task: int, sampling: str, out_
         env = make_env(env_cfg, envs_per_rank, seed=int(split.seed), rank=dist.rank)
     video = None
     if videos > 0 and dist.rank == 0 and out_dir is not None:
-        video = VideoRecorder(str(out_dir / "videos"), rank=0, fps=int(cfg.video_cfg.fps), info_on_video=True,
+        video = VideoRecorder(str(out_dir / "videos"), rank=0, fps=split.video_cfg.fps, info_on_video=True,
                               max_envs=videos, name="eval")
     try:
         with torch.no_grad():
@@ -287,8 +289,8 @@ def evaluate_checkpoint(cfg, checkpoint: str, per_task: int, sampling: str, out_
             "ranks": dist.world_size, "envs_per_rank": envs_per_rank, "env": OmegaConf.to_container(split, resolve=True),
             "checkpoint_meta": read_checkpoint_meta(checkpoint), "videos": [str(p) for p in (video.paths if video else [])]}
     report = summarize(results, per_task, meta)
-    if split.simulator_type == "calvin":  # CALVIN's chain metrics over the same episodes
-        report.meta["calvin"] = calvin_summary(results, int(split.extra.get("num_sequences", 1000)))
+    if split.env_type == "calvin":  # CALVIN's chain metrics over the same episodes
+        report.meta["calvin"] = calvin_summary(results, split.init_params.get("num_sequences", 1000))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "eval.json").write_text(json.dumps(report.to_json(), indent=1, default=str))

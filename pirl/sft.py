@@ -77,10 +77,10 @@ def collect(cfg, source: str, episodes: int, num_envs: int, noise: float, seed: 
     """This rank's demonstrations. Experts record a disjoint share per rank (own reset
     seeds); file sources are read whole and split by sample index."""
     split = cfg.env.train
-    chunk = int(cfg.actor.model.num_action_chunks)
+    chunk = cfg.actor.model.num_action_chunks
     kind = detect_source(source)
     if kind == "expert":
-        sim = str(split.simulator_type)
+        sim = split.env_type
         if sim == "reach2d":
             from pirl.demos.experts import reach2d_demos
 
@@ -91,10 +91,10 @@ def collect(cfg, source: str, episodes: int, num_envs: int, noise: float, seed: 
             share = -(-episodes // world)  # ceil: every rank records as many per task
             # Reset seeds env.train.seed + seed + rank·num_envs + ...: the train split's own
             # initial states (the eval split starts from env.eval.seed), shifted by --seed.
-            offset = int(split.seed) + seed + rank * num_envs
+            offset = split.seed + seed + rank * num_envs
             eps, _ = record_metaworld_experts(split, share, num_envs, seed, noise, seed_offset=offset)
             return chunk_episodes(eps, chunk)
-        raise ValueError(f"--demos expert: no scripted expert for env.train.simulator_type {sim!r} "
+        raise ValueError(f"--demos expert: no scripted expert for env.train.env_type {sim!r} "
                          "(reach2d and metaworld have one); give a LeRobotDataset folder or LIBERO HDF5 file")
     demos = chunk_episodes(load_episodes(source), chunk)
     rows = torch.arange(rank, len(demos), world)
@@ -104,7 +104,7 @@ def collect(cfg, source: str, episodes: int, num_envs: int, noise: float, seed: 
 
 def check_demos_fit(demos: Demonstrations, cfg, state_dim: int | None) -> None:
     """Demonstrations must match the env the policy will act in: action dims, state dims."""
-    d_env = int(cfg.actor.model.action_dim)
+    d_env = cfg.actor.model.action_dim
     if demos.actions.shape[-1] != d_env:
         raise ValueError(f"demonstrations have {demos.actions.shape[-1]}-D actions, actor.model.action_dim is {d_env}")
     s = demos.observations["states"].shape[-1]
@@ -114,7 +114,7 @@ def check_demos_fit(demos: Demonstrations, cfg, state_dim: int | None) -> None:
 
 def env_state_dim(cfg) -> int | None:
     """State dims of the train env without building it (None where only a build tells)."""
-    sim = str(cfg.env.train.simulator_type)
+    sim = cfg.env.train.env_type
     if sim == "metaworld":
         from pirl.envs.metaworld import MetaWorldEnv
 
@@ -124,7 +124,7 @@ def env_state_dim(cfg) -> int | None:
     if sim == "reach2d":
         from pirl.envs.reach2d import Reach2DEnv
 
-        return Reach2DEnv(1, **dict(cfg.env.train.extra)).state_dim
+        return Reach2DEnv(1, **dict(cfg.env.train.init_params)).state_dim
     return None
 
 

@@ -23,8 +23,8 @@ def _flow_mlp():
 
 def _pi0(state_dim=5):
     full = OmegaConf.merge(OmegaConf.structured(PirlConfig), {"actor": {"model": {
-        "model_type": "openpi", "action_dim": D_ENV, "num_action_chunks": C, "action_horizon": 4,
-        "action_model_dim": 8, "num_steps": 2, "openpi": {"config_name": "pi0_tiny", "max_token_len": 16}}}})
+        "model_type": "openpi", "action_dim": D_ENV, "num_action_chunks": C, "num_steps": 2,
+        "openpi": {"config_name": "pi0_tiny", "action_horizon": 4, "action_dim": 8, "max_token_len": 16}}}})
     torch.manual_seed(0)
     return build_pi0_policy(full.actor.model, state_dim)
 
@@ -71,14 +71,14 @@ def test_buffer_holds_what_was_written_in_place():
             out = policy.sample(policy.preprocess(_obs(width, 10 * t + s)), "train", g)
             env = {"rewards": torch.rand(width, C, generator=g), "dones": torch.rand(width, C, generator=g) > 0.5,
                    "truncations": torch.rand(width, C, generator=g) > 0.5,
+                   "success": torch.rand(width, C, generator=g) > 0.5,
                    "valid": torch.rand(width, generator=g) > 0.2, "final_values": torch.randn(width, generator=g)}
             buf.write_sample(t, cols, out)
             buf.write("steps", t, cols, env, complete=False)
             for k, v in {**env, "logprob": out.logprob, "values": out.values, **out.replay,
                          **out.forward_inputs}.items():
                 ref.setdefault(k, [[None] * stages for _ in range(T)])[t][s] = v
-        buf.write("envs", None, cols, {"last_values": torch.randn(width, generator=g),
-                                       "success": torch.rand(width, generator=g)})
+        buf.write("envs", None, cols, {"last_values": torch.randn(width, generator=g)})
     assert {k: v.data_ptr() for k, v in buf.steps.items()} == storage  # filled in place
     for k, per_t in ref.items():
         expected = torch.stack([torch.cat(row, dim=0) for row in per_t])  # (T, B, ...)

@@ -207,8 +207,9 @@ def test_metaworld_experts_recorded_through_the_env_pipeline():
     from pirl.demos.experts import record_metaworld_experts
     from pirl.envs import make_env
 
-    cfg = load_config("metaworld_quickstart_ppo_openpi", overrides=["env.train.task=[reach-v3,handle-press-v3]",
-                                                                     "env.train.image_size=32"])
+    cfg = load_config("metaworld_quickstart_ppo_openpi", overrides=["env.train.task_suite_name=[reach-v3,handle-press-v3]",
+                                                                     "env.train.init_params.camera_heights=32",
+                                                                     "env.train.init_params.camera_widths=32"])
     eps, failed = record_metaworld_experts(cfg.env.train, episodes_per_task=2, num_envs=4, seed=0, seed_offset=10)
     assert failed == 0 and sorted(e.task_name for e in eps) == ["handle-press-v3"] * 2 + ["reach-v3"] * 2
     for e in eps:
@@ -261,8 +262,8 @@ def _check_norm_stats(ckpt: Path, states: np.ndarray, actions: np.ndarray, chunk
 
 # The tiny π0 of the MetaWorld quickstart, on a LIBERO-shaped env (8-D state, 7-D actions:
 # what LeRobot's LIBERO datasets and LIBERO's HDF5 files hold); ZeRO-2 keeps 60 steps short.
-LIBERO_SHAPED = ["env=libero", "env.train.task=libero_spatial:0", "actor.model.action_model_dim=8",
-                 "actor.ds_config=ds_configs/zero2.json"]
+LIBERO_SHAPED = ["env@env.train=libero_spatial", "env.train.task_suite_name=libero_spatial:0",
+                 "actor.model.action_dim=7", "actor.model.openpi.action_dim=8", "actor.ds_config=ds_configs/zero2.json"]
 
 
 @pytest.mark.dist

@@ -49,8 +49,10 @@ def _name(settings: dict) -> str:
     return ",".join(k for k, v in settings.items() if v) or "no_auto_reset"
 
 
-SIMS = {"metaworld": ("reach-v3", {}), "maniskill": ("PickCube-v1", {"sim_backend": "cpu"}),
-        "libero": ("libero_spatial:0", {})}
+# env_type -> (task_suite_name, init_params); ManiSkill names its task in init_params.id
+SIMS = {"metaworld": ("reach-v3", {"camera_heights": 32, "camera_widths": 32}),
+        "maniskill": (None, {"id": "PickCube-v1", "sim_backend": "cpu", "sensor_configs": {"width": 32, "height": 32}}),
+        "libero": ("libero_spatial:0", {"camera_heights": 32, "camera_widths": 32})}
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +63,9 @@ def sim_backends():
 
     def get(kind):
         if kind not in built:
-            task, extra = SIMS[kind]
-            cfg = EnvSplitConfig(simulator_type=kind, task=task, max_episode_steps=MAX_STEPS, image_size=32,
-                                 extra={"render": False, **extra})
+            task, params = SIMS[kind]
+            cfg = EnvSplitConfig(env_type=kind, task_suite_name=task, max_episode_steps=MAX_STEPS,
+                                 init_params={"render": False, **params})
             built[kind] = make_env(cfg, 2, seed=3).backend
         return built[kind]
 

@@ -419,15 +419,16 @@ def test_checkout_from_the_environment_variable(tmp_path, monkeypatch):
 
 def test_make_env_checks_before_building(tmp_path, monkeypatch):
     monkeypatch.delenv("CALVIN_ROOT", raising=False)
-    cfg = EnvSplitConfig(simulator_type="calvin", task="calvin_d", max_episode_steps=40, image_size=200)
+    cfg = EnvSplitConfig(env_type="calvin", task_suite_name="calvin_d", max_episode_steps=40,
+                         init_params={"camera_heights": 200, "camera_widths": 200})
     with pytest.raises(FileNotFoundError, match="CALVIN needs a git checkout"):
         make_env(cfg, 1, seed=0)
-    bad = EnvSplitConfig(simulator_type="calvin", task="calvin_x", max_episode_steps=40)
+    bad = EnvSplitConfig(env_type="calvin", task_suite_name="calvin_x", max_episode_steps=40)
     with pytest.raises(ValueError, match="for CALVIN must be one of"):
         make_env(bad, 1, seed=0)
-    typo = EnvSplitConfig(simulator_type="calvin", task="calvin_d", max_episode_steps=40,
-                          extra={"subtask_steps": 360})
-    with pytest.raises(ValueError, match=r"\['subtask_steps'\] that calvin does not take"):
+    typo = EnvSplitConfig(env_type="calvin", task_suite_name="calvin_d", max_episode_steps=40,
+                          init_params={"subtask_steps": 360})
+    with pytest.raises(ValueError, match=r"calvin takes no subtask_steps"):
         make_env(typo, 1, seed=0)
 
 
@@ -436,7 +437,8 @@ def test_config_validation_names_the_key(tmp_path, monkeypatch):
     from pirl.config.validate import ConfigError
 
     monkeypatch.delenv("CALVIN_ROOT", raising=False)
-    overrides = ["env.train.simulator_type=calvin", "env.train.task=calvin_abc", "runner.val_check_interval=0",
+    overrides = ["env.train.env_type=calvin", "env.train.task_suite_name=calvin_abc", "~env.train.init_params",
+                 "runner.val_check_interval=0",
                  "runner.eval_before_train=false", f"env.train.calvin_root={tmp_path}"]
     with pytest.raises(ConfigError, match=r"env.train.calvin_root: .* has no .git"):
         load_config("reach2d_ppo_flow_sde", None, overrides)
@@ -454,7 +456,7 @@ def test_real_scene_configs_reordered():
 # ------------------------------------------------------------------------- the configs
 
 @pytest.mark.parametrize("group, train_suite, instructions", [("calvin_abc", "calvin_abc", "train"),
-                                                              ("calvin_d", "calvin_d", "validation"),
+                                                              ("calvin_d", "calvin_d", "train"),
                                                               ("calvin_abcd", "calvin_abcd", "train")])
 def test_experiment_config_with_each_env_group(tmp_path, monkeypatch, group, train_suite, instructions):
     """The reference system's calvin_abc_d_ppo_openpi_pi05 composes and validates (the
@@ -463,26 +465,27 @@ def test_experiment_config_with_each_env_group(tmp_path, monkeypatch, group, tra
 
     monkeypatch.delenv("CALVIN_ROOT", raising=False)
     root = _fake_checkout(tmp_path / "calvin")
-    cfg = load_config("calvin_abc_d_ppo_openpi_pi05", None, [f"env={group}", f"env.train.calvin_root={root}"])
+    cfg = load_config("calvin_abc_d_ppo_openpi_pi05", None, [f"env@env.train={group}",
+                                                             f"env.train.calvin_root={root}"])
     train, ev = cfg.env.train, cfg.env.eval
-    assert (train.simulator_type, train.task, ev.task) == ("calvin", train_suite, "calvin_d")
-    assert ev.calvin_root == str(root) and train.extra.instructions == instructions
-    assert ev.extra.instructions == "validation"
-    assert (train.total_num_envs, train.max_episode_steps, train.image_size, train.extra.wrist_image_size) == (
-        64, 480, 200, 84)
-    assert train.use_rel_reward and train.extra.reward_mode == "dense"
+    assert (train.env_type, train.task_suite_name, ev.task_suite_name) == ("calvin", train_suite, "calvin_d")
+    assert ev.calvin_root == str(root) and train.init_params.instructions == instructions
+    assert ev.init_params.instructions == "validation"
+    ip = train.init_params
+    assert (train.total_num_envs, train.max_episode_steps, ip.camera_heights, ip.wrist_image_size) == (64, 480, 200, 84)
+    assert train.use_rel_reward and train.reward_mode == "dense"
     m, alg, opt = cfg.actor.model, cfg.algorithm, cfg.actor.optim
     assert (m.num_action_chunks, m.num_steps, m.action_dim, m.openpi.config_name, m.openpi.noise_level) == (
-        5, 5, 7, "pi05", 0.5)
-    assert (alg.rollout_epoch, alg.update_epoch, alg.clip_ratio_high, opt.lr, opt.value_lr) == (8, 4, 0.2, 5e-6, 1e-4)
+        5, 5, 7, "pi05_calvin", 0.5)
+    assert (train.rollout_epoch, alg.update_epoch, alg.clip_ratio_high, opt.lr, opt.value_lr) == (8, 4, 0.2, 5e-6, 1e-4)
     sizes = derived_sizes(cfg, 8)
     assert sizes["samples_per_rollout"] == 64 * 8 * (480 // 5) == 49152
     assert sizes["envs_per_env_rank"] == 8
 
 
 def test_training_logs_report_the_average_length():
-    """The runner's episode means carry CALVIN's avg_len next to the seeds' metrics."""
-    from pirl.runner import _finished_episodes, episode_means
+    """The env workers' episode means carry CALVIN's avg_len next to the seeds' metrics."""
+    from pirl.workers.env_worker import episode_means, finished_episodes as _finished_episodes
 
     env = vec_env("standin", num_envs=2, max_steps=5)
     try:

@@ -97,9 +97,9 @@ def _rollout(core, seed: int, acts: np.ndarray) -> tuple[torch.Tensor, torch.Ten
 
 
 def _split(assets, **kw) -> EnvSplitConfig:
-    extra = {"assets_path": str(assets), "sim_backend": "cpu", "render": kw.pop("render", True),
-             "state_mode": kw.pop("state_mode", "joint")}
-    return EnvSplitConfig(simulator_type="gsenv", task="PutCubeOnPlate-v0", image_size=WIDTH, extra=extra, **kw)
+    params = {"id": "PutCubeOnPlate-v0", "assets_path": str(assets), "sim_backend": "cpu", "camera_widths": WIDTH,
+              "render": kw.pop("render", True), "state_mode": kw.pop("state_mode", "joint")}
+    return EnvSplitConfig(env_type="gsenv", init_params=params, **kw)
 
 
 def test_protocol_images_determinism_and_a_scripted_success(gs_assets):
@@ -144,18 +144,20 @@ def test_missing_asset_file_is_named_before_any_worker_starts(gs_assets, tmp_pat
     with pytest.raises(FileNotFoundError, match=r"assets_path: .*plate splats .*object_3dgs_abs\.ply does not exist"):
         make_env(_split(broken, max_episode_steps=10), 1, seed=0)
     with pytest.raises(ValueError, match="GSEnv has the task PutCubeOnPlate-v0"):
-        make_env(EnvSplitConfig(simulator_type="gsenv", task="PickCube-v1", extra={"assets_path": str(gs_assets)}),
+        make_env(EnvSplitConfig(env_type="gsenv", init_params={"id": "PickCube-v1", "assets_path": str(gs_assets)}),
                  1, seed=0)
 
 
 # The seeds' experiment on a CPU: tiny π0.5 (random weights) instead of the SFT checkpoint,
 # the synthetic assets, CPU sim, one train env of 2 chunk steps (a batch of 2), one eval env,
 # 64x48 images.
-CPU_RUN = ("actor.model.model_path=null", "actor.model.openpi.config_name=pi05_tiny", "actor.model.action_model_dim=16",
-           "actor.model.openpi.max_token_len=48", "actor.model.precision=fp32", "actor.ds_config=ds_configs/zero2.json",
-           "env.train.extra.sim_backend=cpu", f"env.train.image_size={WIDTH}", "env.train.total_num_envs=1",
-           "env.eval.total_num_envs=1", "env.train.max_episode_steps=10", "env.eval.max_episode_steps=10",
-           "algorithm.rollout_epoch=1", "algorithm.update_epoch=1", "actor.micro_batch_size=2",
+CPU_RUN = ("model@actor.model=pi05_tiny", "actor.model.model_path=null", "actor.model.openpi.config_name=pi05_tiny",
+           "actor.model.openpi.action_dim=16", "actor.model.openpi.max_token_len=48", "actor.model.precision=fp32",
+           "actor.model.action_dim=7", "actor.ds_config=ds_configs/zero2.json",
+           "env.train.init_params.sim_backend=cpu", f"env.train.init_params.camera_widths={WIDTH}",
+           "env.train.total_num_envs=1", "env.eval.total_num_envs=1", "env.train.max_episode_steps=10",
+           "env.eval.max_episode_steps=10", "env.train.rollout_epoch=1", "algorithm.update_epoch=1",
+           "actor.micro_batch_size=2",
            "actor.global_batch_size=2", "runner.max_epochs=1", "runner.val_check_interval=0", "runner.save_interval=0",
            "runner.eval_before_train=False", "cluster.num_gpus_per_node=1")
 
@@ -164,7 +166,7 @@ CPU_RUN = ("actor.model.model_path=null", "actor.model.openpi.config_name=pi05_t
 def test_gsenv_ppo_openpi_pi05_runs_an_iteration_on_cpu(gs_assets, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, "train.py", "--config-name", "gsenv_ppo_openpi_pi05", *CPU_RUN,
-                           f"env.train.extra.assets_path={gs_assets}", f"runner.logger.log_path={tmp_path}"],
+                           f"env.train.init_params.assets_path={gs_assets}", f"runner.logger.log_path={tmp_path}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]

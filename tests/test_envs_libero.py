@@ -34,7 +34,7 @@ def test_config_assets_and_task_specs(tmp_path):
     assert set(paths) == {"benchmark_root", "bddl_files", "init_states", "datasets", "assets"}
     assert os.path.isdir(paths["bddl_files"]) and os.path.isdir(paths["init_states"])
     assert (find_libero_assets() / "scenes").is_dir()
-    with pytest.raises(FileNotFoundError, match="env.extra.assets_path: /nonexistent"):
+    with pytest.raises(FileNotFoundError, match=r"env.\*.init_params.assets_path: /nonexistent"):
         find_libero_assets("/nonexistent")
     assert resolve_tasks("libero_goal:3") == ("libero_goal", [3])
     assert resolve_tasks("libero_90")[1] == list(range(90))
@@ -54,8 +54,8 @@ def test_axis_angle_matches_rotation_vector():
 
 @pytest.fixture(scope="module")
 def spatial_env():
-    cfg = EnvSplitConfig(simulator_type="libero", task="libero_spatial:0", max_episode_steps=6,
-                         image_size=SIZE, extra={"settle_steps": 2})
+    cfg = EnvSplitConfig(env_type="libero", task_suite_name="libero_spatial:0", max_episode_steps=6,
+                         init_params={"camera_heights": SIZE, "camera_widths": SIZE, "settle_steps": 2})
     env = make_env(cfg, 2, seed=3)
     yield env
     env.close()

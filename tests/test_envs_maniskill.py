@@ -19,8 +19,9 @@ CHUNK = 3
 
 @pytest.fixture(scope="module")
 def pick_env():
-    cfg = EnvSplitConfig(simulator_type="maniskill", task="PickCube-v1", max_episode_steps=50,
-                         image_size=SIZE, num_workers=2, extra={"sim_backend": "cpu"})
+    cfg = EnvSplitConfig(env_type="maniskill", max_episode_steps=50, num_workers=2,
+                         init_params={"id": "PickCube-v1", "sim_backend": "cpu",
+                                      "sensor_configs": {"width": SIZE, "height": SIZE}})
     env = make_env(cfg, 2, seed=13)
     yield env
     env.close()
@@ -76,8 +77,8 @@ def test_groups_determinism_and_worker_kill(pick_env):
 def test_absent_assets_and_unknown_tasks_fail_clearly():
     with pytest.raises(FileNotFoundError, match=r"bridge_v2_real2sim.*download_asset"):
         check_task_assets("PutCarrotOnPlateInScene-v1")
-    cfg = EnvSplitConfig(simulator_type="maniskill", task="PutCarrotOnPlateInScene-v1", max_episode_steps=8,
-                         extra={"sim_backend": "cpu"})
+    cfg = EnvSplitConfig(env_type="maniskill", max_episode_steps=8,
+                         init_params={"id": "PutCarrotOnPlateInScene-v1", "sim_backend": "cpu"})
     with pytest.raises(FileNotFoundError, match="tasks/bridge_v2_real2sim_dataset"):
         make_env(cfg, 1, seed=0)
     with pytest.raises(ValueError, match="PutOnPlateInScene25Main-v3.*not registered"):

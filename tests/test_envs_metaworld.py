@@ -23,8 +23,10 @@ CHUNK = 4
 
 
 def mw_cfg(**kw) -> EnvSplitConfig:
-    base = dict(simulator_type="metaworld", task="reach-v3", max_episode_steps=80, image_size=SIZE)
+    base = dict(env_type="metaworld", task_suite_name="reach-v3", max_episode_steps=80,
+                init_params={"camera_heights": SIZE, "camera_widths": SIZE})
     base.update(kw)
+    base["init_params"] = {"camera_heights": SIZE, "camera_widths": SIZE, **base["init_params"]}
     return EnvSplitConfig(**base)
 
 
@@ -108,7 +110,7 @@ def test_groups_determinism_and_auto_reset(reach_env):
 
 
 def test_no_auto_reset_keeps_done_and_truncates():
-    env = make_env(mw_cfg(max_episode_steps=6, auto_reset=False, extra={"render": False}), 2, seed=3)
+    env = make_env(mw_cfg(max_episode_steps=6, auto_reset=False, init_params={"render": False}), 2, seed=3)
     try:
         obs = env.reset()
         assert "main_images" not in obs  # state-only mode
@@ -126,10 +128,10 @@ def test_no_auto_reset_keeps_done_and_truncates():
 
 
 def test_workers_match_local_and_multitask_groups(tmp_path):
-    cfg = mw_cfg(task="ML45:test", num_workers=2, group_size=2)
     video = VideoConfig(save_video=True, video_base_dir=str(tmp_path / "video"))
-    env = make_env(cfg, 4, seed=5, rank=3, video_cfg=video)
-    local = make_env(mw_cfg(task="ML45:test", group_size=2), 4, seed=5)
+    cfg = mw_cfg(task_suite_name="metaworld_45_ood", num_workers=2, group_size=2, video_cfg=video)
+    env = make_env(cfg, 4, seed=5, rank=3)
+    local = make_env(mw_cfg(task_suite_name="ML45:test", group_size=2), 4, seed=5, record=False)
     try:
         assert env.task_names == ["bin-picking-v3", "bin-picking-v3", "box-close-v3", "box-close-v3"]
         o1, o2 = env.reset(group_size=2), local.reset(group_size=2)
@@ -158,5 +160,5 @@ def test_task_specs():
     assert len(resolve_tasks("ML45")[1]) == 45
     with pytest.raises(ValueError, match="unknown MetaWorld task"):
         resolve_tasks("reach-v9")
-    with pytest.raises(ValueError, match="do not take|does not take"):
-        make_env(mw_cfg(extra={"camera": "x"}), 1, seed=0)
+    with pytest.raises(ValueError, match="metaworld takes no camera"):
+        make_env(mw_cfg(init_params={"camera": "x"}), 1, seed=0)

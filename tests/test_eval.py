@@ -92,7 +92,7 @@ def test_eval_episodes_start_from_distinct_states_across_waves_and_ranks():
     results, starts = [], []
     for rank in range(2):  # two ranks' shares, as the launcher would run them
         env = _Recorder(Reach2DEnv(3, max_episode_steps=16, auto_reset=False, render=False,
-                                   **{k: v for k, v in dict(cfg.env.eval.extra).items() if k != "render"}))
+                                   **{k: v for k, v in dict(cfg.env.eval.init_params).items() if k != "render"}))
         policy = _flow_mlp(cfg, env.env.state_dim)
         with torch.no_grad():
             results += run_episodes(policy, env, ["reach2d"], per_task=10, chunk=4, base_seed=100, rank=rank,

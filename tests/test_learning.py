@@ -28,9 +28,9 @@ from pirl.demos.experts import collect_demos, expert_chunk
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "launcher" / "run.sh"
 
-# experiment -> (iterations, success it must reach)
+# experiment -> (iterations, success it must reach). Flow-SDE PPO (>= 0.90 in 50) runs in
+# tests/test_layouts.py, on every layout.
 BUDGETS = {
-    "reach2d_learn_ppo_flow_sde": (50, 0.90),
     "reach2d_learn_ppo_flow_noise": (50, 0.80),
     "reach2d_learn_grpo_flow_sde": (50, 0.80),
 }
@@ -92,8 +92,8 @@ def test_flow_mlp_predicts_the_clean_action():
 
 def test_scripted_expert_solves_the_learning_task():
     cfg = load_config("reach2d_learn_ppo_flow_sde")
-    extra = dict(cfg.env.train.extra) | {"render": False}
-    env = Reach2DEnv(128, max_episode_steps=16, auto_reset=False, ignore_terminations=True, seed=3, **extra)
+    params = dict(cfg.env.train.init_params) | {"render": False}
+    env = Reach2DEnv(128, max_episode_steps=16, auto_reset=False, ignore_terminations=True, seed=3, **params)
     env.reset()
     for _ in range(4):
         *_, info = env.chunk_step(expert_chunk(env, 4))

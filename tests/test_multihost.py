@@ -44,8 +44,8 @@ def cluster(tmp_path):
 def _overrides(log_path: Path) -> list[str]:
     return ["cluster.num_nodes=2", "cluster.num_gpus_per_node=2", "actor.ds_config=ds_configs/zero3.json",
             "env.train.total_num_envs=32", "env.eval.total_num_envs=8", "actor.micro_batch_size=8",
-            "actor.global_batch_size=32", "env.train.extra.success_radius=0.4",
-            "env.train.extra.speed=0.3", "actor.model.hidden_dim=512", "runner.val_check_interval=0",
+            "actor.global_batch_size=32", "env.train.init_params.success_radius=0.4",
+            "env.train.init_params.speed=0.3", "actor.model.hidden_dim=512", "runner.val_check_interval=0",
             "runner.save_interval=1", "runner.keep_last_n=3", f"cluster.timeout_s={TIMEOUT_S}",
             "runner.logger.experiment_name=exp", f"runner.logger.log_path={log_path}"]
 

@@ -19,7 +19,7 @@ SAMPLING = {"do_sample": True, "temperature_train": 1.6, "temperature_eval": 0.0
 
 
 def _cfg(model=None, sampling=None, oft=None):
-    m = {"model_type": "openvla_oft", "action_dim": 2, "num_action_chunks": 4, "max_prompt_length": 96,
+    m = {"model_type": "openvla_oft", "precision": "fp32", "action_dim": 2, "num_action_chunks": 4, "max_prompt_length": 96,
          "value_type": "action_level", "oft": {"config_name": "oft_tiny", "normalization": "none", **(oft or {})},
          **(model or {})}
     cfg = OmegaConf.merge(OmegaConf.structured(PirlConfig),

@@ -174,9 +174,10 @@ def _lerobot_folder(tmp_path, name="pi0_tiny", **kw):
 def _run_cfg(path, name="pi0_tiny", **openpi):
     cfg = preset(name)
     return OmegaConf.create({"model_type": "openpi", "model_path": str(path), "action_dim": 3,
-                             "num_action_chunks": cfg.action_horizon, "action_horizon": cfg.action_horizon,
-                             "action_model_dim": cfg.action_dim, "num_steps": 2,
-                             "openpi": {"config_name": name, "pi05": name == "pi05_tiny", **openpi}})
+                             "num_action_chunks": cfg.action_horizon, "num_steps": 2,
+                             "openpi": {"config_name": name, "pi05": name == "pi05_tiny",
+                                        "action_horizon": cfg.action_horizon, "action_dim": cfg.action_dim,
+                                        **openpi}})
 
 
 def test_lerobot_folder_gives_weights_stats_tokenizer_and_relative_actions(tmp_path):
@@ -210,8 +211,8 @@ def test_lerobot_untied_lm_head_takes_the_embedding(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("chunk_size", 16, "chunk_size 16 vs actor.model.action_horizon 4"),
-    ("max_action_dim", 32, "max_action_dim 32 vs actor.model.action_model_dim 8"),
+    ("chunk_size", 16, "chunk_size 16 vs actor.model.openpi.action_horizon 4"),
+    ("max_action_dim", 32, "max_action_dim 32 vs actor.model.openpi.action_dim 8"),
     ("tokenizer_max_length", 48, "tokenizer_max_length 48 vs actor.model.openpi.max_token_len 16"),
     ("type", "pi05", "type 'pi05' vs actor.model.openpi.pi05 False"),
     ("image_resolution", [224, 224], r"image_resolution \[224, 224\] vs actor.model.openpi.vision.image_size 28"),
@@ -258,7 +259,7 @@ def test_openpi_export_has_every_key_of_openpis_model(tmp_path):
     meta = json.loads((tmp_path / "config.json").read_text())
     meta["action_horizon"] = 50
     (tmp_path / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(ck.CheckpointError, match="action_horizon 50 vs actor.model.action_horizon 4"):
+    with pytest.raises(ck.CheckpointError, match="action_horizon 50 vs actor.model.openpi.action_horizon 4"):
         ck.check_run_config(a.cfg, tmp_path, ck.OPENPI)
 
 

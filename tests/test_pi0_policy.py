@@ -17,8 +17,8 @@ def _cfg(pi05=False, method="flow_sde", joint=False, **openpi):
     op = {"config_name": "pi05_tiny" if pi05 else "pi0_tiny", "pi05": pi05, "noise_method": method,
           "joint_logprob": joint, "train_expert_only": True, "max_token_len": 64}
     full = OmegaConf.merge(OmegaConf.structured(PirlConfig), {"actor": {"model": {
-        "model_type": "openpi", "action_dim": 3, "num_action_chunks": 3, "action_horizon": 4,
-        "action_model_dim": 8, "num_steps": 4, "openpi": op}}})
+        "model_type": "openpi", "action_dim": 3, "num_action_chunks": 3, "num_steps": 4,
+        "openpi": {"action_horizon": 4, "action_dim": 8, **op}}}})
     plain = OmegaConf.to_container(full, resolve=True)
     plain["actor"]["model"]["openpi"].update(openpi)  # keys the schema does not have yet (tokenizer_path)
     return OmegaConf.create(plain).actor.model

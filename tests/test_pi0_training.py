@@ -31,15 +31,15 @@ ITERATIONS = {"pi0_tiny": 25, "pi05_tiny": 40}
 # minus the warm start: π0 flow-SDE +0.19, flow-noise +0.10 (25 iterations); π0.5 flow-SDE
 # +0.16, flow-noise +0.08 (40 iterations).
 MIN_GAIN = 0.05
-MODEL = ["actor.model.num_steps=1", "actor.model.openpi.train_expert_only=False", "env.train.extra.render=True",
-         "env.eval.extra.render=True"]
+MODEL = ["actor.model.num_steps=1", "actor.model.openpi.train_expert_only=False",
+         "env.train.init_params.render=True"]
 
 
 @pytest.mark.parametrize("model, experiment", [("pi0_tiny", "reach2d_learn_ppo_flow_sde"),
                                                ("pi05_tiny", "reach2d_learn_ppo_flow_noise")])
 def test_tiny_vla_success_rises_after_warm_start(model, experiment, tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    overrides = [f"model={model}", *MODEL]
+    overrides = [f"model@actor.model={model}", *MODEL]
     sft = subprocess.run([sys.executable, "-m", "pirl.sft", "--config-name", experiment, "--episodes", "2",
                           "--steps", "300", "--out", str(tmp_path / "sft"), *overrides],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -21,17 +21,17 @@ sys.path.insert(0, str(ROOT / "bench"))
 import plan_memory  # noqa: E402
 
 CONFIG = "reach2d_ppo_flow_sde"
-MID = ["model=pi0_tiny", "actor.model.openpi.config_name=pi0_mid", "actor.model.action_horizon=16",
+MID = ["model@actor.model=pi0_tiny", "actor.model.openpi.config_name=pi0_mid", "actor.model.openpi.action_horizon=16",
        "actor.model.openpi.max_token_len=48"]
-REAL_PI0 = ["model=pi0_tiny", "actor.model.openpi.config_name=pi0", "actor.model.action_horizon=50",
-            "actor.model.action_model_dim=32", "actor.model.openpi.max_token_len=48", "actor.model.precision=bf16"]
+REAL_PI0 = ["model@actor.model=pi0_tiny", "actor.model.openpi.config_name=pi0", "actor.model.openpi.action_horizon=50",
+            "actor.model.openpi.action_dim=32", "actor.model.openpi.max_token_len=48", "actor.model.precision=bf16"]
 
 
 def _cfg(*overrides: str, world: int = 1):
     return load_config(CONFIG, None, [f"cluster.num_gpus_per_node={world}", *overrides], world_size=world)
 
 
-@pytest.mark.parametrize("overrides", [["model=pi0_tiny"], MID, []], ids=["pi0_tiny", "pi0_mid", "flow_mlp"])
+@pytest.mark.parametrize("overrides", [["model@actor.model=pi0_tiny"], MID, []], ids=["pi0_tiny", "pi0_mid", "flow_mlp"])
 def test_meta_trace_equals_what_a_cpu_forward_allocates(overrides):
     """The planner's activations (meta device, saved-tensor hooks) against torch.profiler's
     count of the bytes a real forward leaves allocated."""
@@ -53,7 +53,7 @@ def test_meta_trace_equals_what_a_cpu_forward_allocates(overrides):
         del ev
 
 
-@pytest.mark.parametrize("overrides", [["model=pi0_tiny"], MID, REAL_PI0], ids=["tiny", "mid", "real"])
+@pytest.mark.parametrize("overrides", [["model@actor.model=pi0_tiny"], MID, REAL_PI0], ids=["tiny", "mid", "real"])
 def test_kv_cache_is_what_the_prefix_pass_returns(overrides):
     cfg = _cfg(*overrides)
     with torch.device("meta"):
@@ -98,7 +98,7 @@ def test_peak_of_colocated_phases():
 
 
 def test_real_pi0_plan_picks_a_setup_that_fits_and_the_renderer_takes_its_json(tmp_path):
-    over = [*REAL_PI0, "env.train.total_num_envs=64", "algorithm.rollout_epoch=8", "env.train.max_episode_steps=64",
+    over = [*REAL_PI0, "env.train.total_num_envs=64", "env.train.rollout_epoch=8", "env.train.max_episode_steps=64",
             "actor.global_batch_size=2048", "actor.micro_batch_size=128"]
     cfg = _cfg(*over, world=8)
     stats, rows = plan(cfg, 8, 80e9)

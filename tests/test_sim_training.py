@@ -56,15 +56,15 @@ def test_tiny_pi0_metaworld_ppo_iteration_runs_two_ranks(tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("localhost slots=2\n")
     # MetaWorld's 39-D state pads into π0's action/state width
-    _check(_launch("metaworld_reach_ppo_flow_mlp", hosts, tmp_path / "logs", "model=pi0_tiny",
-                   "actor.model.action_model_dim=40", "env.train.extra.render=True", "env.eval.extra.render=True"))
+    _check(_launch("metaworld_reach_ppo_flow_mlp", hosts, tmp_path / "logs", "model@actor.model=pi0_tiny",
+                   "actor.model.action_dim=4", "actor.model.openpi.action_dim=40", "env.train.init_params.render=True"))
 
 
 def test_tiny_pi0_maniskill_ppo_iteration_runs_one_rank(tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("localhost slots=1\n")
-    _check(_launch("maniskill_pickcube_ppo_flow_mlp", hosts, tmp_path / "logs", "model=pi0_tiny",
-                   "actor.model.action_model_dim=48", "env.train.extra.render=True", "env.eval.extra.render=True",
+    _check(_launch("maniskill_pickcube_ppo_flow_mlp", hosts, tmp_path / "logs", "model@actor.model=pi0_tiny",
+                   "actor.model.action_dim=7", "actor.model.openpi.action_dim=48", "env.train.init_params.render=True",
                    *MANISKILL_SHORT, iterations=2), iterations=2)
 
 

@@ -37,7 +37,7 @@ def slurm(tmp_path):
 
 def _args(log_path: Path) -> list[str]:
     return [CONFIG, "env.train.total_num_envs=16", "env.eval.total_num_envs=4", "actor.micro_batch_size=16",
-            "actor.global_batch_size=32", "env.train.extra.success_radius=0.4", "env.train.extra.speed=0.3",
+            "actor.global_batch_size=32", "env.train.init_params.success_radius=0.4", "env.train.init_params.speed=0.3",
             "runner.val_check_interval=0", "runner.eval_before_train=false",
             "runner.max_epochs=4", "runner.save_interval=2", "runner.keep_last_n=3", "cluster.timeout_s=60",
             "runner.logger.experiment_name=exp", f"runner.logger.log_path={log_path}"]

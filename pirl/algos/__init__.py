@@ -3,7 +3,7 @@
 Pure functions of tensors and masks; reduction happens only in `agg_loss`.
 """
 from pirl.algos.advantages import (
-    chunk_rewards, compute_gae, compute_grpo_advantages, filter_groups, loss_mask_after_done,
+    chunk_rewards, compute_gae, compute_grpo_advantages, filter_groups, invalidate_cut_episodes, loss_mask_after_done,
     normalize_advantages,
 )
 from pirl.algos.losses import (
@@ -13,7 +13,7 @@ from pirl.algos.losses import (
 )
 
 __all__ = [
-    "chunk_rewards", "compute_gae", "compute_grpo_advantages", "filter_groups",
+    "chunk_rewards", "compute_gae", "compute_grpo_advantages", "filter_groups", "invalidate_cut_episodes",
     "loss_mask_after_done", "normalize_advantages",
     "LOSS_AGG_MODES", "PPO_LOSS_KEYS", "SEQ_MEAN_TOKEN_MEAN", "SEQ_MEAN_TOKEN_SUM", "TOKEN_MEAN",
     "VALUE_LOSS_TYPES", "agg_loss", "entropy_loss", "expand_mask", "loss_kwargs", "masked_mean",

@@ -46,6 +46,17 @@ def loss_mask_after_done(dones: torch.Tensor) -> torch.Tensor:
     return dones_before == 0
 
 
+def invalidate_cut_episodes(valid: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
+    """(T, B) masks: an episode cut by a crashed env worker (valid False at its last chunk)
+    is dropped whole, also its chunks before the crash."""
+    mask = valid.clone()
+    bad = torch.zeros_like(valid[0])
+    for t in reversed(range(valid.shape[0])):
+        bad = torch.where(dones[t], ~valid[t], bad)  # an episode ending here: bad iff cut
+        mask[t] &= ~bad
+    return mask
+
+
 def compute_gae(
     rewards: torch.Tensor,  # (T, B)
     values: torch.Tensor,  # (T, B)

@@ -74,7 +74,7 @@ def agg_loss(loss_elems: torch.Tensor, mask: torch.Tensor, mode: str = TOKEN_MEA
     if mode == TOKEN_MEAN:
         return x.sum() / m.sum().clamp(min=1)
     if mode not in LOSS_AGG_MODES:
-        raise ValueError(f"algorithm.loss_agg_mode must be one of {LOSS_AGG_MODES}, got {mode!r}")
+        raise ValueError(f"algorithm.loss_agg_func (loss_agg_mode) must be one of {LOSS_AGG_MODES}, got {mode!r}")
     per_sample = x.reshape(x.shape[0], -1).sum(dim=1)  # (B,)
     count = m.reshape(m.shape[0], -1).sum(dim=1)  # (B,)
     if mode == SEQ_MEAN_TOKEN_MEAN:
@@ -248,8 +248,8 @@ PPO_LOSS_KEYS = ("clip_ratio_low", "clip_ratio_high", "clip_ratio_c", "entropy_b
 
 
 def loss_kwargs(algorithm) -> dict:
-    """The `algorithm` config section (dataclass or OmegaConf) -> ppo_loss keyword args.
-    `loss_agg_mode` is read when the section has it (default token-mean)."""
+    """The `algorithm` config section (dataclass or OmegaConf) -> ppo_loss keyword args;
+    the reference system's `loss_agg_func` is ppo_loss's `loss_agg_mode`."""
     kwargs = {k: getattr(algorithm, k) for k in PPO_LOSS_KEYS}
-    kwargs["loss_agg_mode"] = getattr(algorithm, "loss_agg_mode", TOKEN_MEAN)
+    kwargs["loss_agg_mode"] = algorithm.loss_agg_func
     return kwargs

@@ -1,5 +1,6 @@
-"""Experiment configuration: typed schema, YAML composition (defaults lists, `${...}`
-interpolation, `key=value` overrides), validation and derived sizes.
+"""Experiment configuration in the reference system's layout: typed schema, composition by
+hydra-core (defaults lists with group@package, `${...}`, overrides), the reference
+system's keys pirl maps or refuses, validation and derived sizes.
 
     from pirl.config import load_config, derived_sizes, format_dry_run
     cfg = load_config("reach2d_ppo_flow_sde", overrides=["actor.optim.lr=1e-4"], world_size=2)
@@ -15,6 +16,9 @@ import importlib
 # pirl.config.compose` does not find its own module already imported by the package.
 _EXPORTS = {
     "ConfigError": "validate",
+    "ConfigNotice": "reference",
+    "load_job": "compose",
+    "apply_hydra_runtime": "compose",
     "REPO_ROOT": "validate",
     "PirlConfig": "schema",
     "build_arg_parser": "compose",

@@ -1,110 +1,58 @@
-"""Hydra-style composition with plain omegaconf: defaults lists, `${...}` interpolation,
-`key=value` overrides, merged into the typed schema (`pirl.config.schema.PirlConfig`).
+"""Composition through hydra-core's compose API, into pirl's typed schema.
 
-Layout of a config directory (default: configs/ of the repo):
+Hydra does what it does for the reference system: defaults lists with `group@package`
+(`env/libero_spatial@env.train`, `model/pi0@actor.model`), `_self_`, `override`,
+`# @package` headers, `${...}` interpolation, `hydra.searchpath`, and the command-line
+overrides `key=value`, `+key=value`, `++key=value`, `~key`, `group@package=option`,
+`+group@package=option`. Its compose API never changes the working directory, writes
+no output folder and configures no logging; `apply_hydra_runtime` does the last two
+only when a config asks (pirl/config/README, "Hydra").
 
-    configs/reach2d_ppo_flow_sde.yaml      an experiment
-    configs/model/flow_mlp.yaml            group `model`, option `flow_mlp`
-    configs/env/reach2d.yaml  configs/algorithm/ppo_flow_sde.yaml  configs/cluster/local.yaml
-
-An experiment starts with a defaults list, merged in order:
-
-    defaults:
-      - model: flow_mlp          # configs/model/flow_mlp.yaml
-      - env: reach2d
-      - algorithm: ppo_flow_sde
-      - cluster: local
-      - other_experiment         # a plain name: configs/other_experiment.yaml (inherit)
-      - _self_                   # this file's own keys (last when not listed)
-
-Group files are NOT mounted anywhere: they write full paths from the root
-(`actor: {model: {...}}`), so a group may set keys across the tree (the env group sets
-`actor.model.action_dim`, the GRPO group `env.train.group_size`) and every key reads the
-same in every file. A group file may have its own defaults list.
-
-Merge rules: mappings merge key by key, lists and scalars replace, except
-`cluster.component_placement`, which a file or a whole-value override replaces (merging
-`env,rollout,actor: all` with `env: 0-3` would place env twice).
-
-Overrides (command line): `actor.optim.lr=1e-6`, `env.train.task=PickCube-v1`,
-`actor.model.trainable=[a,b]`, `runner.resume_dir=null`,
-`cluster.component_placement={env: 0-3, rollout: 4-7, actor: 0-7}` (values are YAML: quote
-joined keys in a flow mapping, `{'env,rollout,actor': all}`), and group choices
-`model=pi0_tiny`. Every key must exist in the schema: there is no `+key`.
-
-The old `trainer.logger.wandb` block (OpenVLA seed doc) is read as an alias of
-`runner.logger`: `enable` adds or removes "wandb" in `logger_backends`, `project_name`
-and `experiment_name` map one to one. It warns with the new spelling.
+pirl's part, around it:
+* the search path: the experiment's folder (--config-path, default configs/), its
+  `hydra.searchpath` (`${oc.env:EMBODIED_PATH}` defaults to the folder above the
+  experiment's, as the reference system's launch script sets it), then pirl's configs/,
+  so an experiment written for the reference system finds pirl's groups of the same names;
+* `key=value` on a schema key that no file wrote works without a `+` (the schema has it);
+* `cluster.component_placement=VALUE` is read as YAML and replaces the placement whole
+  (Hydra's override grammar cannot write the joined key `'env,rollout,actor'`, and a merge
+  of two placements would place a component twice);
+* the reference system's own sections are mapped or refused (pirl/config/reference.py);
+* every key is checked against the schema: an unknown key gets the nearest suggestion,
+  a mistyped value its expected type, each naming the file (or override) it came from.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import dataclasses
+import functools
 import difflib
-import re
+import os
 import sys
 import typing
 import warnings
 from pathlib import Path
-from typing import Any
-from collections.abc import Sequence
+from typing import Any, NamedTuple, Optional
+from collections.abc import Callable, Sequence
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pirl.config import reference
 from pirl.config.derived import derived_sizes, format_dry_run, world_size_of
-from pirl.config.schema import PirlConfig
-from pirl.config.validate import REPO_ROOT, ConfigError, check_paths, validate
+from pirl.config.schema import PirlConfig, precision_of
+from pirl.config.validate import REPO_ROOT, ConfigError, as_dict, check_paths, validate
 
 DEFAULT_CONFIG_DIR = REPO_ROOT / "configs"
-DEFAULTS_KEY = "defaults"
-SELF = "_self_"
-REPLACED_ON_MERGE = ("cluster.component_placement",)
-LEGACY_WANDB = ("trainer", "logger", "wandb")
-LEGACY_WANDB_KEYS = ("enable", "project_name", "experiment_name")
+# Replaced whole by a file or override that gives it; see the module docstring.
+REPLACED_WHOLE = ("cluster.component_placement",)
+HYDRA_VERSION_BASE = "1.3"
 
 
-# ------------------------------------------------------------------------- YAML
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 floats (`1e-6` is a float, as in omegaconf), no
-    timestamps, and duplicate keys as errors."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = key_node.value
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", node.start_mark,
-                    f"found duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
-                    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                    |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
-_Loader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
-    for k, v in _Loader.yaml_implicit_resolvers.items()}
-
-
-def parse_yaml_value(text: str) -> Any:
-    """An override's value, typed as YAML types it (`4` int, `1e-6` float, `[a,b]` list,
-    `null`, `{env: 0-3}` mapping); an empty value is an empty string."""
-    return yaml.load(text, Loader=_Loader) if text.strip() else ""
-
-
-def display(path: Path) -> str:
-    """A path as the user would type it: relative to the repo root or cwd when inside."""
+def display(path: Path | str) -> str:
+    """A path as the user would type it: relative to the cwd or the repo root when inside."""
     path = Path(path).resolve()
     for root in (Path.cwd(), REPO_ROOT):
         try:
@@ -112,20 +60,6 @@ def display(path: Path) -> str:
         except ValueError:
             continue
     return str(path)
-
-
-def load_yaml(path: Path) -> dict:
-    """A config file's top-level mapping ({} for an empty file)."""
-    try:
-        data = yaml.load(Path(path).read_text(), Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{display(path)}: not valid YAML: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{display(path)}: expected a mapping of keys at the top, "
-                          f"got {type(data).__name__}")
-    return data
 
 
 # ------------------------------------------------------------------- schema walk
@@ -142,176 +76,164 @@ def _strip_optional(tp) -> tuple[Any, bool]:
     return tp, False
 
 
-def schema_paths(cls=PirlConfig, prefix: str = "") -> list[str]:
-    """Every key of the schema, sections included ("actor", "actor.model", ...)."""
-    out = []
+def schema_paths(cls=PirlConfig, prefix: str = "") -> dict[str, Any]:
+    """Every key of the schema (sections included) -> its annotation."""
+    out: dict[str, Any] = {}
     for name, tp in _fields(cls).items():
         path = f"{prefix}{name}"
-        out.append(path)
+        out[path] = tp
         inner, _ = _strip_optional(tp)
         if dataclasses.is_dataclass(inner):
-            out.extend(schema_paths(inner, path + "."))
+            out.update(schema_paths(inner, path + "."))
     return out
+
+
+_PATHS = schema_paths()
+
+
+def schema_type(key: str) -> Optional[Any]:
+    """The annotation of a schema key; `Any` under an open mapping (init_params, ...);
+    None when the key is not in the schema."""
+    if key in _PATHS:
+        return _PATHS[key]
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        inner, _ = _strip_optional(_PATHS.get(".".join(parts[:i]), None))
+        if inner is dict:
+            return Any
+    return None
+
+
+def _first_unknown(key: str) -> str:
+    """The shortest prefix of `key` the schema does not have (`video_cfg` of `video_cfg.fps`)."""
+    parts = key.split(".")
+    for n in range(1, len(parts) + 1):
+        if schema_type(".".join(parts[:n])) is None:
+            return ".".join(parts[:n])
+    return key
 
 
 def _suggest(path: str) -> str:
     """'; did you mean X?' for an unknown dotted key: the same name in another section
-    first (the seeds' bare `rollout_epoch`), then a close sibling, then the closest full
-    key."""
-    all_paths = schema_paths()
+    first (a bare `total_num_envs`), then a close sibling, then the closest full key."""
     parent, _, name = path.rpartition(".")
-    same = [p for p in all_paths if p.rpartition(".")[2] == name]
+    same = [p for p in _PATHS if p.rpartition(".")[2] == name]
     if same:
         return f"; did you mean {same[0]}?"
-    siblings = [p.rpartition(".")[2] for p in all_paths if p.rpartition(".")[0] == parent]
+    siblings = [p.rpartition(".")[2] for p in _PATHS if p.rpartition(".")[0] == parent]
     close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
     if close:
         return f"; did you mean {parent + '.' if parent else ''}{close[0]}?"
-    close = difflib.get_close_matches(path, all_paths, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(path, list(_PATHS), n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
-
-
-def _unknown(path: str, where: str) -> ConfigError:
-    return ConfigError(f"unknown key {path}{_suggest(path)} ({where})")
 
 
 _TYPE_NAMES = {int: "an int", float: "a number", bool: "a bool (True/False)",
                str: "a string", list: "a list", dict: "a mapping"}
+_TYPE_OK = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+    list: lambda v: isinstance(v, list),
+    dict: lambda v: isinstance(v, dict),
+}
 
 
-def _check_value(value: Any, tp: Any, path: str, where: str) -> None:
-    """Type of one value against its schema annotation; recurses into sections.
-    Interpolations (`${...}`) are typed by omegaconf once resolved."""
-    if isinstance(value, str) and "${" in value:
-        return
+def check_against_schema(node: Any, tp: Any = PirlConfig, path: str = "") -> Optional[tuple[str, str]]:
+    """(key, message) of the first unknown key or mistyped value, else None. Values are
+    plain containers with interpolations unresolved (typed once resolved)."""
+    if isinstance(node, str) and "${" in node:
+        return None
     inner, optional = _strip_optional(tp)
-    if value is None:
+    if node is None:
         if optional or inner is Any:
-            return
-        raise ConfigError(f"{path}: may not be null ({where})")
+            return None
+        return path, f"{path}: may not be null"
     if dataclasses.is_dataclass(inner):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: is a section; expected a mapping of its keys, got "
-                              f"{value!r} ({where})")
+        if not isinstance(node, dict):
+            return path, f"{path}: is a section; expected a mapping of its keys, got {node!r}"
         fields = _fields(inner)
-        for key, sub in value.items():
-            sub_path = f"{path}.{key}"
+        for key, sub in node.items():
+            sub_path = f"{path}.{key}" if path else str(key)
             if key not in fields:
-                raise _unknown(sub_path, where)
-            _check_value(sub, fields[key], sub_path, where)
-        return
-    if inner is Any:
-        return
-    ok = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        str: lambda v: isinstance(v, str),
-        list: lambda v: isinstance(v, list),
-        dict: lambda v: isinstance(v, dict),
-    }.get(inner)
-    if ok is not None and not ok(value):
-        raise ConfigError(f"{path}: expected {_TYPE_NAMES[inner]}, got {value!r} "
-                          f"({type(value).__name__}) ({where})")
+                return sub_path, f"unknown key {sub_path}{_suggest(sub_path)}"
+            found = check_against_schema(sub, fields[key], sub_path)
+            if found:
+                return found
+        return None
+    ok = _TYPE_OK.get(inner)
+    if ok is not None and not ok(node):
+        return path, f"{path}: expected {_TYPE_NAMES[inner]}, got {node!r} ({type(node).__name__})"
+    return None
 
 
-def check_source(data: dict, where: str) -> None:
-    """Every key of a source (file or override) is in the schema, with the right type."""
-    fields = _fields(PirlConfig)
-    for key, value in data.items():
-        if key not in fields:
-            raise _unknown(str(key), where)
-        _check_value(value, fields[key], str(key), where)
+# ------------------------------------------------------------------ sources
+
+def has_key(cfg: Any, key: str) -> bool:
+    """`key` (dotted) is present in `cfg`, whatever its value (null included)."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, (dict, DictConfig)) or part not in node:
+            return False
+        node = node._get_node(part) if isinstance(node, DictConfig) else node[part]
+    return True
 
 
-# ------------------------------------------------------------------ legacy alias
+@dataclasses.dataclass
+class Source:
+    """One file of the composition (mounted at its package) or one override."""
 
-def split_legacy(data: dict, where: str) -> tuple[dict, dict]:
-    """Remove an old `trainer.logger.wandb` block from `data`; returns (data, block)."""
-    if "trainer" not in data:
-        return data, {}
-    data = dict(data)
-    trainer = data.pop("trainer")
-    node: Any = trainer
-    for i, key in enumerate(LEGACY_WANDB[1:], start=1):
-        path = ".".join(LEGACY_WANDB[:i])
-        if not isinstance(node, dict) or set(node) != {key}:
-            extra = sorted(set(node) - {key}) if isinstance(node, dict) else [node]
-            raise ConfigError(
-                f"unknown key {path}.{extra[0] if extra else key}: pirl has no `trainer` "
-                f"section; only the old trainer.logger.wandb block is read, as an alias of "
-                f"runner.logger ({where})")
-        node = node[key]
-    if not isinstance(node, dict):
-        raise ConfigError(f"trainer.logger.wandb: expected a mapping, got {node!r} ({where})")
-    for key, value in node.items():
-        if key not in LEGACY_WANDB_KEYS:
-            raise ConfigError(
-                f"unknown key trainer.logger.wandb.{key}; the old block knows "
-                f"{', '.join(LEGACY_WANDB_KEYS)} (use runner.logger for the rest) ({where})")
-        expect = bool if key == "enable" else str
-        _check_value(value, expect, f"trainer.logger.wandb.{key}", where)
-    return data, dict(node)
+    label: str  # a file path as the user would type it, or "override 'k=v'"
+    data: dict  # mounted at the root: {"env": {"train": {...}}}
+    key: str = ""  # an override's key; "" for a file
+
+    def sets(self, key: str) -> bool:
+        return has_key(self.data, key)
 
 
-def apply_legacy(cfg: DictConfig, block: dict, where: str) -> None:
-    """Map an old trainer.logger.wandb block onto runner.logger, in place."""
-    if not block:
-        return
-    warnings.warn(
-        f"trainer.logger.wandb ({where}) is the old spelling: write runner.logger."
-        f"logger_backends (add 'wandb'), runner.logger.project_name and "
-        f"runner.logger.experiment_name", FutureWarning, stacklevel=3)
-    log = cfg.runner.logger
-    for key in ("project_name", "experiment_name"):
-        if key in block:
-            log[key] = block[key]
-    if "enable" in block:
-        backends = [b for b in log.logger_backends if b != "wandb"]
-        log.logger_backends = backends + (["wandb"] if block["enable"] else [])
+def _mount(data: dict, package: str) -> dict:
+    for part in reversed([p for p in package.split(".") if p and p != "_global_"]):
+        data = {part: data}
+    return data
 
 
-# ------------------------------------------------------------------ overrides
+def _override_tree(key: str, value: Any) -> dict:
+    return _mount({key.rsplit(".", 1)[-1]: value}, key.rsplit(".", 1)[0] if "." in key else "")
 
-@dataclasses.dataclass(frozen=True)
-class Override:
-    """One `key=value` from the command line."""
 
-    text: str
-    keys: tuple[str, ...]  # dotted key split: ("actor", "optim", "lr")
-    value: Any
+class Sources:
+    """Where each key of a composed config came from, for error messages. The files are
+    listed on first use (`files()`: it walks the defaults list again and reads each file)."""
+
+    def __init__(self, files: Callable[[], list[Source]], overrides: list[Source]):
+        self._files_fn, self.overrides = files, overrides
+        self._files: Optional[list[Source]] = None
+
+    def files(self) -> list[Source]:
+        if self._files is None:
+            self._files = self._files_fn()
+        return self._files
 
     @property
-    def key(self) -> str:
-        return ".".join(self.keys)
+    def items(self) -> list[Source]:
+        return self.files() + self.overrides
+
+    def where(self, key: str) -> str:
+        """' (in FILE)' of the last source that sets `key` or a parent of it."""
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:n])
+            for s in reversed(self.items):
+                if s.sets(prefix):
+                    return f" ({s.label})"
+        return ""
+
+    def given(self, key: str) -> bool:
+        return any(s.sets(key) for s in self.items)
 
 
-def parse_override(text: str) -> Override:
-    if text.startswith(("+", "~")):
-        raise ConfigError(
-            f"override {text!r}: '{text[0]}key' is not supported; every key is in the schema "
-            f"(pirl/config/schema.py): write key=value")
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"override {text!r}: expected key=value (e.g. actor.optim.lr=1e-6)")
-    keys = tuple(k.strip() for k in key.split("."))
-    if any(not k for k in keys):
-        raise ConfigError(f"override {text!r}: empty component in the key {key!r}")
-    try:
-        parsed = parse_yaml_value(value)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({e})") from None
-    return Override(text=text, keys=keys, value=parsed)
-
-
-def _nest(keys: Sequence[str], value: Any) -> dict:
-    for k in reversed(keys):
-        value = {k: value}
-    return value
-
-
-# ------------------------------------------------------------------ composition
+# ------------------------------------------------------------------ search path
 
 def find_config_dir(config_path: str | Path | None) -> Path:
     if config_path is None:
@@ -323,192 +245,448 @@ def find_config_dir(config_path: str | Path | None) -> Path:
     raise ConfigError(f"--config-path: {config_path!r} is not a directory")
 
 
-def _options(directory: Path) -> str:
-    names = sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
+def _experiments(directory: Path) -> str:
+    names = sorted(p.stem for p in directory.glob("*.yaml"))
     return ", ".join(names) if names else "none"
 
 
-def _config_file(config_dir: Path, name: str, what: str) -> Path:
-    name = name[:-5] if name.endswith(".yaml") else name
-    path = (config_dir / f"{name}.yaml").resolve()
-    if config_dir.resolve() not in path.parents:
-        raise ConfigError(f"{what}: {name!r} points outside {display(config_dir)}")
-    if not path.is_file():
-        raise ConfigError(f"{what}: {display(path)} not found; options in "
-                          f"{display(path.parent)}: {_options(path.parent)}")
-    return path
+def _search_path(config_dir: Path, primary: DictConfig, overrides: list) -> list[str]:
+    """The experiment's hydra.searchpath (or its override) with pirl's configs/ last."""
+    given = next((o.value() for o in overrides if o.key_or_group == "hydra.searchpath"), None)
+    if given is None:
+        node = OmegaConf.select(primary, "hydra.searchpath")
+        # The reference system's experiments search ${oc.env:EMBODIED_PATH}/config/; its
+        # launch script sets EMBODIED_PATH to the folder above the experiments' folder.
+        os.environ.setdefault("EMBODIED_PATH", str(config_dir.parent))
+        try:
+            given = list(node) if node is not None else []
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"hydra.searchpath: {e} ({display(config_dir)})") from None
+    paths = [str(p) for p in given]
+    if config_dir != DEFAULT_CONFIG_DIR.resolve():
+        paths.append(f"file://{DEFAULT_CONFIG_DIR}")
+    return paths
 
 
-def _compose_file(path: Path, config_dir: Path, choices: dict[str, Any],
-                  used: set[str], stack: tuple[Path, ...]) -> list[tuple[str, dict]]:
-    """(label, mapping) sources of one file, its defaults expanded, in merge order."""
-    if path in stack:
-        chain = " -> ".join(display(p) for p in stack + (path,))
-        raise ConfigError(f"defaults: cycle {chain}")
-    data = load_yaml(path)
-    defaults = data.pop(DEFAULTS_KEY, [])
-    where = display(path)
-    if not isinstance(defaults, list):
-        raise ConfigError(f"{where}: defaults must be a list, got {defaults!r}")
-    entries = list(defaults) if SELF in defaults else list(defaults) + [SELF]
-    out: list[tuple[str, dict]] = []
-    for entry in entries:
-        if entry == SELF:
-            out.append((where, data))
-        elif isinstance(entry, str):
-            sub = _config_file(config_dir, entry, f"{where}: defaults")
-            out += _compose_file(sub, config_dir, choices, used, stack + (path,))
-        elif isinstance(entry, dict) and len(entry) == 1:
-            group, option = next(iter(entry.items()))
-            if group in choices:
-                option = choices[group]
-                used.add(group)
-            if option is None:  # `model: null` drops the group
-                continue
-            if not isinstance(option, str):
-                raise ConfigError(f"{where}: defaults entry {entry!r}: the option must be a "
-                                  f"file name in {display(config_dir / str(group))}")
-            sub = _config_file(config_dir / str(group), option, f"{where}: defaults {group}")
-            out += _compose_file(sub, config_dir, choices, used, stack + (path,))
+def _file_dirs(config_dir: Path, search_path: list[str]) -> list[Path]:
+    dirs = [config_dir]
+    for p in search_path:
+        if p.startswith("file://"):
+            dirs.append(Path(p[len("file://"):]))
+    return dirs
+
+
+def _find_file(dirs: list[Path], config_path: str) -> Optional[Path]:
+    for d in dirs:
+        f = d / f"{config_path}.yaml"
+        if f.is_file():
+            return f
+    return None
+
+
+# ------------------------------------------------------------------ overrides
+
+class Overrides(NamedTuple):
+    hydra: list[str]  # passed to Hydra
+    replaced: list[tuple[str, Any, str]]  # (key, value, text): REPLACED_WHOLE, applied after
+    deleted: list[str]  # `~key` of schema keys: what the files set goes, the default stays
+    sources: list[Source]  # what each override sets, for error messages
+
+
+def _group_dirs(dirs: list[Path], name: str) -> bool:
+    return any((d / name).is_dir() for d in dirs)
+
+
+def classify_overrides(texts: Sequence[str], dirs: list[Path]) -> Overrides:
+    """Command-line overrides -> those Hydra applies, those pirl applies after it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    hydra_ov: list[str] = []
+    replaced: list[tuple[str, Any, str]] = []
+    deleted: list[str] = []
+    sources: list[Source] = []
+    for text in texts:
+        key = text.partition("=")[0].strip()
+        if key in REPLACED_WHOLE:
+            value = _yaml_value(text)
+            replaced.append((key, value, text))
+            sources.append(Source(f"override {text!r}", _override_tree(key, value), key))
+            continue
+        try:
+            (o,) = parser.parse_overrides([text])
+        except OverrideParseException as e:
+            raise ConfigError(f"override {text!r}: {str(e).splitlines()[0]} (Hydra's override "
+                              f"grammar: key=value, +key=value, ++key=value, ~key, group=option)") from None
+        name = o.key_or_group
+        if o.package is not None or "/" in name or name.split(".")[0] == "hydra":
+            hydra_ov.append(text)  # a defaults-list override, or Hydra's own settings
+            continue
+        if "." not in name and _group_dirs(dirs, name) and (isinstance(o.value(), str) or o.value() is None):
+            hydra_ov.append(text)  # group=option
+            continue
+        tp = schema_type(name)
+        if o.is_delete() and (tp is not None or name.startswith(_REFERENCE_PREFIXES)):
+            deleted.append(name)
+            continue
+        if tp is None and not name.startswith(_REFERENCE_PREFIXES):
+            if o.is_delete() or o.is_add() or o.is_force_add():
+                hydra_ov.append(text)  # checked against the schema after composition
+            else:
+                bad = _first_unknown(name)
+                raise ConfigError(f"unknown key {bad}{_suggest(bad)} (override {text!r})")
+        elif not (o.is_delete() or o.is_add() or o.is_force_add()):
+            # A schema key: it exists whether or not a file wrote it.
+            hydra_ov.append("++" + text)
         else:
-            raise ConfigError(f"{where}: defaults entry {entry!r}: expected 'group: option', "
-                              f"a config name, or {SELF}")
-    return out
+            hydra_ov.append(text)
+        if not o.is_delete():
+            sources.append(Source(f"override {text!r}", _override_tree(name, o.value()), name))
+    return Overrides(hydra_ov, replaced, deleted, sources)
+
+
+_REFERENCE_PREFIXES = tuple(f"{s}." for s in reference.REFERENCE_SECTIONS) + tuple(
+    f"actor.{k}" for k in reference.REFERENCE_ACTOR_KEYS) + tuple(f"actor.optim.{k}" for k in reference.REFERENCE_OPTIM_KEYS)
+
+
+def _yaml_value(text: str) -> Any:
+    value = text.partition("=")[2]
+    try:
+        return yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({e})") from None
+
+
+# ------------------------------------------------------------------ composition
+
+class Composed(NamedTuple):
+    cfg: DictConfig  # typed (PirlConfig), interpolations not yet resolved
+    hydra: DictConfig  # Hydra's own node (hydra.*), for apply_hydra_runtime
+    sources: Sources  # files and overrides, for error messages
+    notices: list[str]  # reference-system keys read in pirl's terms
+    primary_hydra: DictConfig  # the experiment file's own `hydra:` section (what it asks for)
 
 
 def compose(config_name: str, config_path: str | Path | None = None,
-            overrides: Sequence[str] = ()) -> DictConfig:
-    """Defaults, files and overrides merged into the typed schema; interpolations NOT yet
-    resolved."""
+            overrides: Sequence[str] = ()) -> Composed:
+    """Hydra composition -> reference keys mapped -> schema check -> typed config."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+
     config_dir = find_config_dir(config_path)
-    parsed = [parse_override(o) for o in overrides]
-    # `model=pi0_tiny`: a group choice when the key names a group folder and the value
-    # is a name (a mapping value is an ordinary section override).
-    choices = {o.keys[0]: o.value for o in parsed
-               if len(o.keys) == 1 and (config_dir / o.keys[0]).is_dir()
-               and (o.value is None or isinstance(o.value, str))}
-    key_overrides = [o for o in parsed if not (len(o.keys) == 1 and o.keys[0] in choices)]
-    used: set[str] = set()
-    top = _config_file(config_dir, config_name, "--config-name")
-    sources = _compose_file(top, config_dir, choices, used, ())
-    unused = sorted(choices.keys() - used)
-    if unused:
-        group = unused[0]
-        raise ConfigError(f"override {group}={choices[group]}: no defaults entry of group "
-                          f"{group!r} in {display(top)} to replace")
+    name = config_name[:-5] if config_name.endswith(".yaml") else config_name
+    primary_file = config_dir / f"{name}.yaml"
+    if not primary_file.is_file():
+        raise ConfigError(f"--config-name: {display(primary_file)} not found; experiments in "
+                          f"{display(config_dir)}: {_experiments(config_dir)}")
+    primary = _load_yaml(primary_file)
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    pre = [o for o in OverridesParser.create().parse_overrides(
+        [t for t in overrides if t.startswith("hydra.searchpath=")])]
+    search_path = _search_path(config_dir, primary, pre)
+    dirs = _file_dirs(config_dir, search_path)
+    ov = classify_overrides([t for t in overrides if not t.startswith("hydra.searchpath=")], dirs)
+    hydra_overrides = ov.hydra + ([_searchpath_override(search_path)] if search_path else [])
 
-    cfg = OmegaConf.structured(PirlConfig)
-    for where, data in sources:
-        data, legacy = split_legacy(data, where)
-        check_source(data, where)
-        _merge(cfg, data, where, whole=True)
-        apply_legacy(cfg, legacy, where)
-    for o in key_overrides:
-        where = f"override {o.text!r}"
-        data, legacy = split_legacy(_nest(o.keys, o.value), where)
-        check_source(data, where)
-        _merge(cfg, data, where, whole=o.key in REPLACED_ON_MERGE)
-        apply_legacy(cfg, legacy, where)
-    return cfg
+    if GlobalHydra.instance().is_initialized():  # a caller's Hydra (e.g. a notebook)
+        GlobalHydra.instance().clear()
+    with warnings.catch_warnings():
+        # Hydra warns about search-path folders that do not exist (the reference's
+        # ${EMBODIED_PATH}/config/ in pirl's tree) and about defaults lists without _self_.
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            with initialize_config_dir(config_dir=str(config_dir), version_base=HYDRA_VERSION_BASE,
+                                       job_name=name):
+                cfg = hydra_compose(name, hydra_overrides, return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException, ValueError) as e:  # ValueError: a bad defaults entry
+            raise ConfigError(_hydra_message(e, display(primary_file))) from None
+        except RecursionError:  # Hydra follows a defaults cycle until the stack ends
+            raise ConfigError(f"defaults: cycle {' -> '.join(_defaults_cycle(dirs, name))} "
+                              f"(composing {display(primary_file)})") from None
 
+    def files() -> list[Source]:
+        """The composition's files in merge order, each mounted at its package."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            with initialize_config_dir(config_dir=str(config_dir), version_base=HYDRA_VERSION_BASE,
+                                       job_name=name):
+                defaults = GlobalHydra.instance().config_loader().compute_defaults_list(
+                    name, hydra_overrides, RunMode.RUN).defaults
+        out = []
+        for d in defaults:
+            if d.config_path is None or d.config_path.startswith("hydra/") or d.is_self and not d.primary:
+                continue
+            path = _find_file(dirs, d.config_path)
+            if path is None:
+                continue
+            data = _load_yaml(path)
+            data.pop("defaults", None)
+            data.pop("hydra", None)
+            out.append(Source(display(path), _mount(as_dict(data), d.package or "")))
+        return out
 
-def _merge(cfg: DictConfig, data: dict, where: str, whole: bool) -> None:
-    """Merge `data` into `cfg` in place; REPLACED_ON_MERGE nodes are replaced when the
-    source gives them whole."""
-    data = copy.deepcopy(data)  # REPLACED_ON_MERGE nodes are popped below
-    for key in REPLACED_ON_MERGE:
-        parent_keys, last = key.split(".")[:-1], key.split(".")[-1]
-        parent = data
-        for k in parent_keys:
-            parent = parent.get(k) if isinstance(parent, dict) else None
-        if whole and isinstance(parent, dict) and isinstance(parent.get(last), dict):
-            _wrap(lambda: OmegaConf.update(cfg, key, parent.pop(last), merge=False), where)  # noqa: B023 (runs at once)
-    _wrap(lambda: cfg.merge_with(data), where)
+    sources = Sources(files, ov.sources)
 
-
-def _wrap(fn, where: str) -> Any:
+    hydra_node = cfg.hydra
+    # Untyped: schema defaults, then what was composed (unknown keys kept for the check).
+    full = OmegaConf.create(copy.deepcopy(_schema_defaults()))
+    raw = OmegaConf.create({k: v for k, v in as_dict(cfg).items() if k != "hydra"})
+    missing = _missing_keys(raw)
+    if missing:  # a group leaves a value to the experiment (`???`), and nothing gave it
+        key = missing[0]
+        raise ConfigError(f"{key}: no value (??? in {sources.where(key)[2:-1]}); the experiment or "
+                          f"an override must set it ({key}=...)")
+    for key in ov.deleted:
+        _delete(raw, key)
+    for key in REPLACED_WHOLE:
+        if _merged_from_several(raw, key, ov):
+            _replace_whole(raw, key, sources.files(), ov)
+    full.merge_with(raw)
+    ref = reference.split_reference(full)
     try:
-        return fn()
+        notices = reference.map_reference(ref, full, sources.given)
+    except reference.ReferenceKeyError as e:
+        raise ConfigError(f"{e}{sources.where(e.key)}") from None
+    found = check_against_schema(OmegaConf.to_container(full, resolve=False))
+    if found:
+        key, msg = found
+        raise ConfigError(f"{msg}{sources.where(key)}")
+    typed = OmegaConf.structured(PirlConfig)
+    try:
+        typed.merge_with(full)
     except OmegaConfBaseException as e:
-        raise _from_omegaconf(e, where) from None
+        key = getattr(e, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {str(getattr(e, 'msg', None) or e).splitlines()[0]}"
+                          f"{sources.where(key)}") from None
+    primary_hydra = primary.get("hydra") if isinstance(primary.get("hydra"), DictConfig) else OmegaConf.create()
+    return Composed(typed, hydra_node, sources, notices, primary_hydra)
 
 
-def _from_omegaconf(e: OmegaConfBaseException, where: str) -> ConfigError:
-    msg = str(getattr(e, "msg", None) or e).splitlines()[0]
-    key = getattr(e, "full_key", None) or "config"
-    return ConfigError(f"{key}: {msg} ({where})")
+def _defaults_cycle(dirs: list[Path], name: str) -> list[str]:
+    """The chain of plain config names that includes `name` again (for the message)."""
+    def entries(config: str) -> list[str]:
+        f = _find_file(dirs, config)
+        data = as_dict(OmegaConf.load(f)) if f else {}
+        return [e for e in data.get("defaults", []) if isinstance(e, str) and e != "_self_"]
+
+    def walk(chain: list[str]) -> Optional[list[str]]:
+        for nxt in entries(chain[-1]):
+            if nxt in chain:
+                return chain + [nxt]
+            found = walk(chain + [nxt])
+            if found:
+                return found
+        return None
+
+    return walk([name]) or [name, "...", name]
 
 
-def resolve(cfg: DictConfig) -> None:
+@functools.lru_cache(maxsize=1)
+def _schema_defaults() -> dict:
+    return as_dict(OmegaConf.structured(PirlConfig))
+
+
+def _merged_from_several(raw: Any, key: str, ov: Overrides) -> bool:
+    """Hydra merged placements of several files (a component placed twice shows it), or an
+    override gives one: then `_replace_whole` rebuilds it from the sources."""
+    if any(s.key == key or s.key.startswith(key + ".") for s in ov.sources):
+        return True
+    node = OmegaConf.select(raw, key)
+    names = [c.strip() for k in (node or {}) for c in str(k).split(",")]
+    return len(names) != len(set(names))
+
+
+def _replace_whole(raw: Any, key: str, files: list[Source], ov: Overrides) -> None:
+    """`key` as the last file that gives it wrote it (Hydra merged every file's), then the
+    overrides in order: one of `key` itself replaces, one of a sub-key merges."""
+    value: Any = None
+    for f in files:
+        if f.sets(key):
+            value = OmegaConf.create(OmegaConf.select(OmegaConf.create(f.data), key))
+    for s in ov.sources:
+        if s.key == key:
+            value = OmegaConf.create(OmegaConf.select(OmegaConf.create(s.data), key))
+        elif s.key.startswith(key + "."):
+            value = OmegaConf.merge(value or {}, OmegaConf.select(OmegaConf.create(s.data), key))
+    if value is not None:
+        OmegaConf.update(raw, key, value, merge=False, force_add=True)
+
+
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Keys whose value is `???`, without resolving anything (OmegaConf.missing_keys
+    resolves interpolations, which may fail before the schema check names them)."""
+    out: list[str] = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            child = node._get_node(k)
+            if child is not None and child._is_missing():
+                out.append(f"{prefix}{k!s}")
+            elif isinstance(child, DictConfig):
+                out += _missing_keys(child, f"{prefix}{k!s}.")
+    return out
+
+
+def _delete(cfg: Any, key: str) -> None:
+    parent, _, last = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if isinstance(node, DictConfig) and last in node:
+        del node[last]
+
+
+def _searchpath_override(paths: list[str]) -> str:
+    return "hydra.searchpath=[" + ",".join(f"'{p}'" for p in paths) + "]"
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        data = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException) as e:
+        raise ConfigError(f"{display(path)}: not valid YAML: {e}") from None
+    if not isinstance(data, DictConfig):
+        raise ConfigError(f"{display(path)}: expected a mapping of keys at the top, got "
+                          f"{type(data).__name__}")
+    return data
+
+
+def _hydra_message(e: Exception, primary: str) -> str:
+    """Hydra's error (and the OmegaConf error under it) in one paragraph."""
+    text = str(e).split("Config search path:")[0]  # Hydra appends its whole search path
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    inner = e.__cause__ or e.__context__
+    if inner is not None and str(inner) and str(inner) not in str(e):
+        lines += [line.strip() for line in str(inner).splitlines() if line.strip()]
+    return f"{'; '.join(lines)} (composing {primary})"
+
+
+# ------------------------------------------------------------------ resolve + validate
+
+def resolve(cfg: DictConfig, sources: Optional[Sources] = None) -> None:
     """Resolve `${...}` in place; typed keys are converted and checked by omegaconf."""
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         key, err = _first_unresolvable(cfg, "")
-        if key is None:  # not found by the walk: report what omegaconf said
-            raise _from_omegaconf(e, "while resolving ${...}") from None
+        if key is None:
+            raise ConfigError(f"config: {str(getattr(e, 'msg', None) or e).splitlines()[0]} "
+                              f"(while resolving ${{...}})") from None
         msg = str(getattr(err, "msg", None) or err).splitlines()[0]
-        raise ConfigError(f"{key}: {msg}") from None
+        raise ConfigError(f"{key}: {msg}{sources.where(key) if sources else ''}") from None
 
 
 def _first_unresolvable(node, prefix: str) -> tuple[str | None, Exception | None]:
     """(dotted key, error) of the first value whose interpolation fails (omegaconf's
     key-not-found error does not say which key held the `${...}`)."""
-    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    keys = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else range(len(node))
     for k in keys:
         path = f"{prefix}{k}" if isinstance(node, DictConfig) else f"{prefix[:-1]}[{k}]"
         try:
             value = node[k]
         except OmegaConfBaseException as e:
             return path, e
-        if OmegaConf.is_config(value):
+        if isinstance(value, (DictConfig, ListConfig)):
             found = _first_unresolvable(value, path + ".")
             if found[0] is not None:
                 return found
     return None, None
 
 
-def load_config(config_name: str, config_path: str | None = None,
-                overrides: Sequence[str] = (), world_size: int | None = None) -> DictConfig:
-    """Compose, merge into the schema, resolve, validate for `world_size` ranks (default:
-    cluster.num_nodes x cluster.num_gpus_per_node). Paths the run opens (model_path,
-    resume_dir, ds_config) come back absolute. Raises ConfigError naming the key."""
-    cfg = compose(config_name, config_path, overrides)
-    resolve(cfg)
+def load_job(config_name: str, config_path: str | None = None, overrides: Sequence[str] = (),
+             world_size: int | None = None, check_files: bool = True) -> Composed:
+    """Compose, resolve, validate for `world_size` ranks (default: cluster.num_nodes x
+    cluster.num_gpus_per_node). Paths the run opens (model_path, resume_dir, ds_config)
+    come back absolute; `check_files=False` (--dry-run) leaves a checkpoint that is not
+    there yet to the run. Notices are issued as `ConfigNotice` warnings. Raises ConfigError
+    naming the key and the file."""
+    job = compose(config_name, config_path, overrides)
+    cfg = job.cfg
+    if OmegaConf.select(cfg, "actor.model.precision") is None:
+        cfg.actor.model.precision = precision_of(cfg.actor.model)
+    resolve(cfg, job.sources)
+    restricted = reference.check_restricted(cfg)
+    if restricted:
+        key, msg = restricted
+        raise ConfigError(f"{msg}{job.sources.where(key)}")
     if world_size is None:
         world_size = world_size_of(cfg)
     elif isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ConfigError(f"--world-size: {world_size!r} is not a positive integer")
-    validate(cfg, world_size)
-    for key, path in check_paths(cfg).items():
+    try:
+        validate(cfg, world_size, check_files)
+    except ConfigError as e:
+        key = str(e).split(":", 1)[0]
+        raise ConfigError(f"{e}{job.sources.where(key) if ' ' not in key else ''}") from None
+    for key, path in check_paths(cfg, check_files).items():
         OmegaConf.update(cfg, key, str(path), merge=False)
-    return cfg
+    for line in job.notices + reference.reference_notices(cfg):
+        reference.notice(line)
+    return job
+
+
+def load_config(config_name: str, config_path: str | None = None, overrides: Sequence[str] = (),
+                world_size: int | None = None, check_files: bool = True) -> DictConfig:
+    """The validated, resolved config of an experiment (`load_job(...).cfg`)."""
+    return load_job(config_name, config_path, overrides, world_size, check_files).cfg
+
+
+# ------------------------------------------------------------------ Hydra runtime, on request
+
+def apply_hydra_runtime(job: Composed, overrides: Sequence[str], rank: int) -> Optional[Path]:
+    """What Hydra's own launcher would do, only where the config asks for it: a job_logging
+    other than Hydra's file-writing `default` (the reference's experiments choose `stdout`)
+    configures Python logging; a `hydra.output_subdir` given in the experiment or an
+    override writes config.yaml / overrides.yaml under `hydra.run.dir` (rank 0). Returns
+    that folder, or None."""
+    import logging.config
+
+    h = job.hydra
+    choice = OmegaConf.select(h, "runtime.choices")
+    logging_choice = choice.get("hydra/job_logging") if choice is not None else None
+    if logging_choice not in (None, "default"):
+        conf = {str(k): v for k, v in as_dict(h.job_logging).items()}
+        if conf:
+            logging.config.dictConfig(conf)
+    asked = "output_subdir" in job.primary_hydra or any(
+        o.lstrip("+").startswith("hydra.output_subdir=") for o in overrides)
+    if not asked or h.output_subdir is None or rank != 0:
+        return None
+    folder = Path(str(h.run.dir)) / str(h.output_subdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(job.cfg, folder / "config.yaml", resolve=True)
+    (folder / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+    return folder
 
 
 # ------------------------------------------------------------------ command line
 
 def build_arg_parser(prog: str = "pirl") -> argparse.ArgumentParser:
     """The config part of the command line: --config-path, --config-name, --world-size,
-    --dry-run and key=value overrides (train.py may extend it)."""
+    --dry-run and overrides (train.py may extend it)."""
     ap = argparse.ArgumentParser(prog=prog, description="pirl experiment config")
     ap.add_argument("--config-path", default=None,
-                    help=f"directory of configs (default {display(DEFAULT_CONFIG_DIR)})")
-    ap.add_argument("--config-name", required=True, help="experiment name, e.g. reach2d_ppo_flow_sde")
+                    help=f"directory of experiments (default {display(DEFAULT_CONFIG_DIR)})")
+    ap.add_argument("--config-name", required=True, help="experiment name, e.g. libero_spatial_ppo_openpi")
     ap.add_argument("--world-size", type=int, default=None,
                     help="ranks to validate for (default: cluster.num_nodes x "
                          "cluster.num_gpus_per_node)")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the resolved config and the derived sizes, then exit")
-    ap.add_argument("overrides", nargs="*", help="key=value overrides (YAML values)")
+    ap.add_argument("overrides", nargs="*",
+                    help="Hydra overrides: key=value, +key=value, ~key, group@package=option")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m pirl.config.compose --config-name NAME [--world-size N] [key=value ...]`:
-    validate and print the dry-run report (exit 2 with the error on a bad config)."""
+    """`python -m pirl.config.compose --config-name NAME [--world-size N] [overrides]`:
+    validate and print the dry-run report (exit 2 with the error on a bad config); as
+    train.py --dry-run, a checkpoint need not exist yet."""
     args = build_arg_parser("python -m pirl.config.compose").parse_args(argv)
     try:
-        cfg = load_config(args.config_name, args.config_path, args.overrides, args.world_size)
+        cfg = load_config(args.config_name, args.config_path, args.overrides, args.world_size,
+                          check_files=False)
         ws = args.world_size if args.world_size is not None else world_size_of(cfg)
         print(format_dry_run(cfg, derived_sizes(cfg, ws)))
     except ConfigError as e:

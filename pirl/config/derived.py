@@ -1,9 +1,9 @@
 """Sizes that follow from a config and a world size, and the `--dry-run` report.
 
 One RL sample = one chunk step of one env (DESIGN.md). Per training iteration:
-    chunk steps per episode  = env.train.max_episode_steps / actor.model.num_action_chunks
-    samples per rollout      = env.train.total_num_envs x algorithm.rollout_epoch
-                               x chunk steps per episode
+    chunk steps per epoch    = env.train.max_steps_per_rollout_epoch / actor.model.num_action_chunks
+    samples per rollout      = env.train.total_num_envs x env.train.rollout_epoch
+                               x chunk steps per epoch
     grad-accumulation steps  = actor.global_batch_size / (actor.micro_batch_size x actor ranks)
     optimizer steps          = samples per rollout / actor.global_batch_size
                                x algorithm.update_epoch
@@ -15,12 +15,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pirl.config.validate import ConfigError, check_layout, samples_per_rollout
-from pirl.engine.placement import COMPONENTS, format_ranks
+from pirl.engine.placement import COMPONENTS, describe_layout, format_ranks
 
 
 def world_size_of(cfg: DictConfig) -> int:
     """Ranks the config describes: cluster.num_nodes x cluster.num_gpus_per_node."""
-    return int(cfg.cluster.num_nodes) * int(cfg.cluster.num_gpus_per_node)
+    return cfg.cluster.num_nodes * cfg.cluster.num_gpus_per_node
 
 
 def sizes_at(cfg: DictConfig, world_size: int) -> dict[str, Any]:
@@ -40,11 +40,12 @@ def sizes_at(cfg: DictConfig, world_size: int) -> dict[str, Any]:
         "envs_per_env_rank": env.total_num_envs // n_env,
         "envs_per_stage": env.total_num_envs // (n_env * stages),  # per env rank and stage
         "rollout_batch": env.total_num_envs // (n_rollout * stages),  # obs per policy call
-        "chunk_steps_per_episode": env.max_episode_steps // actor.model.num_action_chunks,
+        "chunk_steps_per_epoch": env.max_steps_per_rollout_epoch // actor.model.num_action_chunks,
         "samples_per_rollout": samples,
         "samples_per_actor_rank": samples // n_actor,
         "grad_accum_steps": actor.global_batch_size // (actor.micro_batch_size * n_actor),
         "optimizer_steps_per_iteration": samples // actor.global_batch_size * alg.update_epoch,
+        "layout": describe_layout(p, env.total_num_envs // n_env, stages, samples // n_actor),
     }
 
 
@@ -71,7 +72,8 @@ _ROWS = [
     ("envs_per_env_rank", "envs per env rank", "total_num_envs / env ranks"),
     ("envs_per_stage", "envs per env rank per stage", "... / pipeline_stage_num"),
     ("rollout_batch", "obs per policy call", "total_num_envs / (rollout ranks x stages)"),
-    ("chunk_steps_per_episode", "chunk steps per episode", "max_episode_steps / num_action_chunks"),
+    ("chunk_steps_per_epoch", "chunk steps per rollout epoch",
+     "max_steps_per_rollout_epoch / num_action_chunks"),
     ("samples_per_rollout", "samples per rollout", "envs x rollout_epoch x chunk steps"),
     ("samples_per_actor_rank", "samples per actor rank", "samples per rollout / actor ranks"),
     ("grad_accum_steps", "grad-accumulation steps", "global_batch / (micro_batch x actor ranks)"),
@@ -112,4 +114,6 @@ def format_dry_run(cfg: DictConfig, sizes: dict[str, Any]) -> str:
         "# derived sizes",
         *lines,
         *notes,
+        "",
+        *sizes["layout"],
     ]) + "\n"

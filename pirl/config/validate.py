@@ -16,8 +16,9 @@ from collections.abc import Callable
 from omegaconf import DictConfig, OmegaConf
 
 import pirl
-from pirl.engine.placement import Placement, PlacementError, format_ranks
-from pirl.envs import SIMULATORS
+from pirl.algos import registry
+from pirl.engine.placement import Placement, PlacementError, format_ranks, pair_env_rollout
+from pirl.envs import SIMULATORS, check_init_params
 
 # The directory holding train.py, configs/ and ds_configs/: relative paths in a config
 # are looked up in the working directory first, then here.
@@ -25,14 +26,17 @@ REPO_ROOT = Path(pirl.__file__).resolve().parents[1]
 
 NOISE_METHODS = ("flow_sde", "flow_noise")
 LOGPROB_TYPES = ("chunk_level", "action_level", "token_level")  # pirl.flow.chain
-# One RL step is one chunk: env rewards are summed over it (pirl.algos.chunk_rewards).
-# Per-action rewards would need a critic per action, which no policy has; refused here
-# rather than accepted and silently summed.
-REWARD_TYPES = ("chunk_level",)
-ADV_TYPES = ("gae", "grpo")
-LOSS_TYPES = ("actor_critic", "actor")
+# Reward reductions, advantage estimators and losses are the registry's (pirl.algos.registry).
+REWARD_TYPES = tuple(registry.REWARD_REDUCTIONS)
+ADV_TYPES = tuple(registry.ADVANTAGE_ESTIMATORS)
+LOSS_TYPES = tuple(registry.POLICY_LOSSES)
 VALUE_LOSS_TYPES = ("huber", "mse")
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")  # pirl.algos.losses
+LOSS_AGG_FUNCS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")  # pirl.algos.losses
+# standard: bootstrap truncated episodes; always: every ended one (the reference's two);
+# none: never (pirl's reach2d runs)
+BOOTSTRAP_TYPES = ("standard", "always", "none")
+REWARD_MODES = ("sparse", "dense")
+KL_PENALTIES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3", "full")  # estimators of the reference
 LOGGER_BACKENDS = ("tensorboard", "wandb", "swanlab")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -68,26 +72,27 @@ def _beta(v: Any) -> bool:
 # (key, predicate, what the predicate demands); None values are skipped (Optional keys).
 _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     *[(k, _positive, "a positive integer") for k in (
-        "cluster.num_nodes", "cluster.num_gpus_per_node",
+        "cluster.num_nodes", "cluster.num_gpus_per_node", "cluster.threads_per_rank",
         "runner.max_epochs", "runner.keep_last_n",
-        "algorithm.rollout_epoch", "algorithm.update_epoch", "algorithm.group_size",
-        "env.train.total_num_envs", "env.train.max_episode_steps", "env.train.group_size",
-        "env.train.image_size", "env.eval.total_num_envs", "env.eval.max_episode_steps",
-        "env.eval.group_size", "env.eval.image_size",
-        "rollout.pipeline_stage_num", "video_cfg.fps",
+        "algorithm.update_epoch", "algorithm.group_size",
+        *[f"env.{split}.{k}" for split in ("train", "eval") for k in (
+            "total_num_envs", "rollout_epoch", "max_episode_steps", "max_steps_per_rollout_epoch",
+            "group_size", "video_cfg.fps")],
+        "rollout.pipeline_stage_num",
         "actor.micro_batch_size", "actor.global_batch_size",
-        "actor.model.action_dim", "actor.model.num_action_chunks", "actor.model.action_horizon",
-        "actor.model.action_model_dim", "actor.model.num_steps", "actor.model.hidden_dim",
-        "actor.model.num_layers", "actor.model.lora_rank",
+        "actor.model.action_dim", "actor.model.num_action_chunks", "actor.model.num_steps",
+        "actor.model.hidden_dim", "actor.model.num_layers", "actor.model.lora_rank",
         "actor.model.openpi.action_chunk", "actor.model.openpi.num_steps",
-        "actor.model.openpi.action_env_dim",
+        "actor.model.openpi.action_env_dim", "actor.model.openpi.action_horizon",
+        "actor.model.openpi.action_dim", "actor.model.openpi.num_images_in_input",
     )],
     *[(k, _non_negative, "a non-negative integer") for k in (
-        "env.train.num_workers", "env.eval.num_workers", "actor.optim.lr_warmup_steps",
+        "env.train.num_workers", "env.eval.num_workers",
     )],
+    ("actor.optim.lr_warmup_steps", lambda v: v >= -1, ">= -1 (-1: none, the reference's default)"),
     *[(k, _positive, "> 0") for k in (
         "algorithm.clip_ratio_low", "algorithm.clip_ratio_high", "algorithm.huber_delta",
-        "algorithm.value_clip", "algorithm.max_grad_norm", "actor.optim.lr",
+        "algorithm.value_clip", "actor.optim.lr",
         "actor.optim.value_lr", "actor.optim.adam_eps", "actor.optim.clip_grad",
         "cluster.timeout_s",
     )],
@@ -111,15 +116,28 @@ _CHOICES: list[tuple[str, tuple[str, ...]]] = [
     ("algorithm.reward_type", REWARD_TYPES),
     ("algorithm.logprob_type", LOGPROB_TYPES),
     ("algorithm.value_loss_type", VALUE_LOSS_TYPES),
-    ("algorithm.loss_agg_mode", LOSS_AGG_MODES),
-    ("env.train.simulator_type", SIMULATOR_TYPES),
-    ("env.eval.simulator_type", SIMULATOR_TYPES),
+    ("algorithm.entropy_type", LOGPROB_TYPES),
+    ("algorithm.loss_agg_func", LOSS_AGG_FUNCS),
+    ("algorithm.bootstrap_type", BOOTSTRAP_TYPES),
+    ("algorithm.kl_penalty", KL_PENALTIES),
+    ("env.train.env_type", SIMULATOR_TYPES),
+    ("env.eval.env_type", SIMULATOR_TYPES),
+    ("env.train.reward_mode", REWARD_MODES),
+    ("env.eval.reward_mode", REWARD_MODES),
     ("actor.model.model_type", MODEL_TYPES),
     ("actor.model.precision", PRECISIONS),
     ("actor.model.prediction", ("sample", "velocity")),  # pirl.models.flow_mlp.PREDICTIONS
     ("actor.model.openpi.noise_method", NOISE_METHODS),
     ("actor.optim.lr_scheduler", LR_SCHEDULERS),
 ]
+
+
+def as_dict(node: Any, resolve: bool = False) -> dict:
+    """A config mapping as a plain dict (interpolations kept unless `resolve`)."""
+    out = OmegaConf.to_container(node, resolve=resolve)
+    if not isinstance(out, dict):
+        raise ConfigError(f"expected a mapping, got {out!r}")
+    return out
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -169,14 +187,35 @@ def check_fields(cfg: DictConfig) -> None:
 
 # ------------------------------------------------------------------ consistency
 
+def model_action_sizes(model_cfg) -> tuple[int, int]:
+    """(H, D): actions the model predicts per chunk and its (padded) action dim.
+    `openpi.action_horizon` / `openpi.action_dim` when set; null: flow_mlp predicts exactly
+    the executed chunk in the env's dims, π0 the `openpi.config_name` preset's sizes."""
+    op = model_cfg.openpi
+    if model_cfg.model_type == "openpi":
+        # Imported only for π0: its package pulls in transformers.
+        from pirl.models.pi0.configuration import PRESETS
+
+        if op.config_name not in PRESETS:
+            raise ConfigError(f"actor.model.openpi.config_name: {op.config_name!r} is not one of "
+                              f"{', '.join(sorted(PRESETS))}")
+        base = PRESETS[op.config_name]
+        return (op.action_horizon if op.action_horizon is not None else base.action_horizon,
+                op.action_dim if op.action_dim is not None else base.action_dim)
+    return (op.action_horizon if op.action_horizon is not None else model_cfg.num_action_chunks,
+            op.action_dim if op.action_dim is not None else model_cfg.action_dim)
+
+
 def check_model_and_algorithm(cfg: DictConfig) -> None:
     m, op, alg = cfg.actor.model, cfg.actor.model.openpi, cfg.algorithm
-    if m.num_action_chunks > m.action_horizon:
-        raise ConfigError(f"actor.model.num_action_chunks: {m.num_action_chunks} executed "
-                          f"actions exceed actor.model.action_horizon ({m.action_horizon})")
-    if m.action_dim > m.action_model_dim:
+    horizon, model_dim = model_action_sizes(m)
+    if m.num_action_chunks > horizon:
+        src = f", from the {op.config_name} preset" if op.action_horizon is None else ""
+        raise ConfigError(f"actor.model.num_action_chunks: {m.num_action_chunks} executed actions "
+                          f"exceed actor.model.openpi.action_horizon ({horizon}{src})")
+    if m.action_dim > model_dim:
         raise ConfigError(f"actor.model.action_dim: {m.action_dim} env action dims exceed "
-                          f"actor.model.action_model_dim ({m.action_model_dim})")
+                          f"actor.model.openpi.action_dim ({model_dim})")
     # The openpi block repeats three model sizes (the seeds interpolate them); two values
     # that disagree would make the env and the log-prob see different chunks.
     for sub, top in (("action_chunk", "num_action_chunks"), ("num_steps", "num_steps"),
@@ -184,17 +223,24 @@ def check_model_and_algorithm(cfg: DictConfig) -> None:
         if op[sub] != m[top]:
             raise ConfigError(
                 f"actor.model.openpi.{sub}: {op[sub]} differs from actor.model.{top} "
-                f"({m[top]}); leave it as ${{actor.model.{top}}}")
-    if alg.adv_type == "gae" and (alg.loss_type != "actor_critic" or not m.add_value_head):
+                f"({m[top]}); leave it as ${{..{top}}}")
+    est = registry.estimator(alg.adv_type)
+    if est.needs_critic and (not registry.policy_loss(alg.loss_type).needs_critic or not m.add_value_head):
+        critic_losses = [k for k, v in registry.POLICY_LOSSES.items() if v.needs_critic]
         raise ConfigError(
-            f"algorithm.adv_type: gae needs a critic: set algorithm.loss_type: actor_critic "
-            f"(is {alg.loss_type}) and actor.model.add_value_head: True "
+            f"algorithm.adv_type: {alg.adv_type} needs a critic: set algorithm.loss_type: "
+            f"{' or '.join(critic_losses)} (is {alg.loss_type}) and actor.model.add_value_head: True "
             f"(is {m.add_value_head})")
-    if alg.adv_type == "gae" and m.model_type == "openpi" and not op.add_value_head:
+    if est.needs_critic and m.model_type == "openpi" and not op.add_value_head:
         raise ConfigError(
-            "actor.model.openpi.add_value_head: False, but algorithm.adv_type gae needs the "
+            f"actor.model.openpi.add_value_head: False, but algorithm.adv_type {alg.adv_type} needs the "
             "critic and π0 reads this key; remove it (it follows actor.model.add_value_head)")
-    if alg.adv_type == "grpo":
+    if est.needs_critic and m.model_type == "openvla_oft" and m.value_type == "action_level":
+        raise ConfigError(
+            f"actor.model.value_type: action_level gives one value per executed action, but "
+            f"algorithm.adv_type {alg.adv_type} with reward_type {alg.reward_type} scores one per chunk "
+            f"step (pirl.algos.registry); set actor.model.value_type: chunk_level")
+    if est.needs_groups:
         if alg.group_size < 2:
             raise ConfigError(f"algorithm.group_size: {alg.group_size}; GRPO compares "
                               f"episodes within a group and needs >= 2")
@@ -206,16 +252,24 @@ def check_model_and_algorithm(cfg: DictConfig) -> None:
             raise ConfigError(f"env.train.group_size: {cfg.env.train.group_size} differs from "
                               f"algorithm.group_size ({alg.group_size}); set it to "
                               f"${{algorithm.group_size}}")
+        if not cfg.env.train.use_fixed_reset_state_ids:
+            raise ConfigError("env.train.use_fixed_reset_state_ids: False, but GRPO compares the "
+                              "episodes of a group, which must start from one reset state")
     for split in ("train", "eval"):
         e = cfg.env[split]
-        if e.max_episode_steps % m.num_action_chunks:
-            raise ConfigError(
-                f"env.{split}.max_episode_steps: {e.max_episode_steps} is not a multiple of "
-                f"actor.model.num_action_chunks ({m.num_action_chunks})")
+        problem = check_init_params(e.env_type, as_dict(e.init_params, resolve=True))
+        if problem:
+            raise ConfigError(f"env.{split}.init_params: {problem}")
+        for key in ("max_episode_steps", "max_steps_per_rollout_epoch"):
+            if e[key] % m.num_action_chunks:
+                raise ConfigError(
+                    f"env.{split}.{key}: {e[key]} is not a multiple of "
+                    f"actor.model.num_action_chunks ({m.num_action_chunks})")
 
 
 def eval_enabled(cfg: DictConfig) -> bool:
-    return cfg.runner.val_check_interval > 0 or bool(cfg.runner.eval_before_train)
+    r = cfg.runner
+    return r.val_check_interval > 0 or r.eval_before_train or r.only_eval
 
 
 # ------------------------------------------------------------------ layout
@@ -246,8 +300,22 @@ def placement_of(cfg: DictConfig, world_size: int) -> Placement:
 def samples_per_rollout(cfg: DictConfig) -> int:
     """RL samples (chunk steps of one env) collected per training iteration."""
     e = cfg.env.train
-    return (e.total_num_envs * cfg.algorithm.rollout_epoch
-            * (e.max_episode_steps // cfg.actor.model.num_action_chunks))
+    return (e.total_num_envs * e.rollout_epoch
+            * (e.max_steps_per_rollout_epoch // cfg.actor.model.num_action_chunks))
+
+
+def _check_pairing(p: Placement, per_stage: int, group_size: int, key: str) -> None:
+    """Env ranks pair with rollout ranks (pirl.engine.placement.pair_env_rollout); when an
+    env rank feeds several rollout ranks, the parts of a stage must hold whole groups."""
+    try:
+        links = pair_env_rollout(p, per_stage)
+    except PlacementError as e:
+        raise ConfigError(f"cluster.component_placement.{e.key}: {e.detail} ({key}: {per_stage} envs per "
+                          f"env rank and stage)") from None
+    part = links[0].env_cols[1] - links[0].env_cols[0]
+    if part % group_size:
+        raise ConfigError(f"{key}: each rollout rank gets {part} envs of a stage, not a multiple of the group "
+                          f"size {group_size}; a group must not straddle rollout ranks")
 
 
 def check_layout(cfg: DictConfig, world_size: int) -> Placement:
@@ -270,6 +338,19 @@ def check_layout(cfg: DictConfig, world_size: int) -> Placement:
                 f"env.{split}.total_num_envs: {n} envs give {per_stage} per env rank and "
                 f"pipeline stage, not a multiple of env.{split}.group_size ({g}); a group "
                 f"must not straddle ranks or stages")
+        _check_pairing(p, per_stage, g, f"env.{split}.total_num_envs")
+    # trajectories (env columns x rollout epochs) split evenly over the actor ranks
+    cols = cfg.env.train.total_num_envs * cfg.env.train.rollout_epoch
+    if cols % actor_ranks:
+        raise ConfigError(
+            f"env.train.total_num_envs: {cfg.env.train.total_num_envs} envs x env.train.rollout_epoch "
+            f"{cfg.env.train.rollout_epoch} = {cols} trajectories per iteration do not split evenly over "
+            f"the {actor_ranks} actor ranks (cluster.component_placement.actor)")
+    g = cfg.algorithm.group_size
+    if registry.estimator(cfg.algorithm.adv_type).needs_groups and (cols // actor_ranks) % g:
+        raise ConfigError(
+            f"env.train.total_num_envs: {cols // actor_ranks} trajectories per actor rank are not a multiple of "
+            f"algorithm.group_size ({g}); a GRPO group must not straddle actor ranks")
     mb, gb = cfg.actor.micro_batch_size, cfg.actor.global_batch_size
     if gb % (mb * actor_ranks):
         raise ConfigError(
@@ -280,9 +361,9 @@ def check_layout(cfg: DictConfig, world_size: int) -> Placement:
         e = cfg.env.train
         raise ConfigError(
             f"actor.global_batch_size: {gb} does not divide the samples per rollout {n} "
-            f"(env.train.total_num_envs {e.total_num_envs} x algorithm.rollout_epoch "
-            f"{cfg.algorithm.rollout_epoch} x env.train.max_episode_steps "
-            f"{e.max_episode_steps} / actor.model.num_action_chunks "
+            f"(env.train.total_num_envs {e.total_num_envs} x env.train.rollout_epoch "
+            f"{e.rollout_epoch} x env.train.max_steps_per_rollout_epoch "
+            f"{e.max_steps_per_rollout_epoch} / actor.model.num_action_chunks "
             f"{cfg.actor.model.num_action_chunks})")
     return p
 
@@ -309,14 +390,16 @@ def _require_path(cfg: DictConfig, key: str, what: str) -> Path:
     return found
 
 
-def check_paths(cfg: DictConfig) -> dict[str, Path]:
-    """Files the run will open. Returns key -> absolute path for those that are set."""
+def check_paths(cfg: DictConfig, check_files: bool = True) -> dict[str, Path]:
+    """Files the run will open. Returns key -> absolute path for those that are set.
+    `check_files=False` (--dry-run) skips the checkpoints, which may not be downloaded yet;
+    the DeepSpeed JSON is always read."""
     found: dict[str, Path] = {}
-    if cfg.actor.model.model_path is not None:
+    if cfg.actor.model.model_path is not None and check_files:
         found["actor.model.model_path"] = _require_path(cfg, "actor.model.model_path",
                                                         "checkpoint")
     resume = cfg.runner.resume_dir
-    if resume is not None and resume != RESUME_AUTO:
+    if resume is not None and resume != RESUME_AUTO and check_files:
         found["runner.resume_dir"] = _require_path(cfg, "runner.resume_dir",
                                                    "checkpoint directory")
     ds = _require_path(cfg, "actor.ds_config", "DeepSpeed config")
@@ -328,9 +411,10 @@ def check_paths(cfg: DictConfig) -> dict[str, Path]:
         raise ConfigError(f"actor.ds_config: {ds} must hold a JSON object, got "
                           f"{type(parsed).__name__}")
     found["actor.ds_config"] = ds
-    for split in ("train", "eval") if eval_enabled(cfg) else ("train",):
+    splits = ("train", "eval") if eval_enabled(cfg) else ("train",)
+    for split in splits if check_files else ():  # the simulators' own folders
         env_cfg = cfg.env[split]
-        if env_cfg.simulator_type == "calvin":  # the checkout, before any process starts
+        if env_cfg.env_type == "calvin":  # the checkout, before any process starts
             from pirl.envs.calvin import find_calvin_root
 
             try:
@@ -338,13 +422,13 @@ def check_paths(cfg: DictConfig) -> dict[str, Path]:
                                                                      f"env.{split}.calvin_root").root
             except FileNotFoundError as e:
                 raise ConfigError(str(e)) from None
-        if env_cfg.simulator_type == "gsenv":  # its asset folder, every file checked (no torch import)
+        if env_cfg.env_type == "gsenv":  # its asset folder, every file checked (no torch import)
             from pirl.envs.gsenv.assets import check_assets
 
             try:
-                found[f"env.{split}.extra.assets_path"] = check_assets(env_cfg.extra.get("assets_path")).root
+                found[f"env.{split}.init_params.assets_path"] = check_assets(env_cfg.init_params.get("assets_path")).root
             except (FileNotFoundError, ValueError) as err:
-                raise ConfigError(f"env.{split}.extra.assets_path: {err}") from None
+                raise ConfigError(f"env.{split}.init_params.assets_path: {err}") from None
     return found
 
 
@@ -360,11 +444,11 @@ def check_token_policy(cfg: DictConfig) -> None:
         raise ConfigError(str(e)) from e
 
 
-def validate(cfg: DictConfig, world_size: int) -> Placement:
+def validate(cfg: DictConfig, world_size: int, check_files: bool = True) -> Placement:
     """All checks, for a job of `world_size` ranks; returns the placement."""
     check_fields(cfg)
     check_model_and_algorithm(cfg)
     check_token_policy(cfg)
     placement = check_layout(cfg, world_size)
-    check_paths(cfg)
+    check_paths(cfg, check_files)
     return placement

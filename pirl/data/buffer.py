@@ -7,7 +7,7 @@ storage block). The schema is the union of
     inputs  the policy's `input_spec()`: the tensors `preprocess` makes from an observation
     replay  the policy's `replay_spec()`: what `evaluate` needs back (a flow policy's chain,
             a token policy's action tokens); nothing here names them
-    envs    per env column (B, *shape): values after the last step, first-episode success
+    envs    per env column (B, *shape): the value after the last step
     train   filled by the actor: advantages, returns, the training mask
 The order of the dicts is the wire order when a buffer travels between ranks.
 """
@@ -42,18 +42,18 @@ def step_fields(chunk: int, action_dim: int, value_shape: tuple[int, ...]) -> di
         "dones": FieldSpec((C,), torch.bool, "episode over at this env step, terminated or truncated; "
                                              "stays set until the env is reset (pirl.envs.base)"),
         "truncations": FieldSpec((C,), torch.bool, "episode over by the time limit, not a terminal state"),
+        "success": FieldSpec((C,), torch.bool, "the task is solved at this env step"),
         "valid": FieldSpec((), torch.bool, "False where a crashed env worker cut the env's data"),
         "logprob": FieldSpec((C, D), f32, "element log-probs of the executed actions at sampling"),
         "values": FieldSpec(value_shape, f32, "critic V(obs) at sampling (0 without a value head)"),
         "final_values": FieldSpec(value_shape, f32, "V(last obs) of an episode truncated in this chunk "
-                                                    "(algorithm.bootstrap_on_truncation), 0 elsewhere"),
+                                                    "(algorithm.bootstrap_type), 0 elsewhere"),
     }
 
 
 def env_fields(value_shape: tuple[int, ...]) -> dict[str, FieldSpec]:
     return {
         "last_values": FieldSpec(value_shape, torch.float32, "V(obs after the last chunk step): GAE bootstrap"),
-        "success": FieldSpec((), torch.float32, "success_once of the column's first episode (GRPO filter)"),
     }
 
 
@@ -149,6 +149,22 @@ class RolloutBuffer:
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor in wire order (RolloutSchema.fields)."""
         return [getattr(self, g)[n] for g, n, _ in self.schema.fields()]
+
+    def named(self) -> dict[str, torch.Tensor]:
+        """"group.name" -> tensor, in wire order: what travels to the actor ranks."""
+        return {f"{g}.{n}": getattr(self, g)[n] for g, n, _ in self.schema.fields()}
+
+    @classmethod
+    def from_named(cls, schema: RolloutSchema, named: dict[str, torch.Tensor]) -> RolloutBuffer:
+        """The inverse of `named` (received tensors become the buffer's storage)."""
+        steps = named[f"steps.{next(iter(schema.steps))}"]
+        out = cls(schema, steps.shape[0], steps.shape[1], _empty=True)
+        for g in GROUPS:
+            setattr(out, g, {n: named[f"{g}.{n}"] for n in getattr(schema, g)})
+        return out
+
+    def wire_names(self) -> tuple[str, ...]:
+        return tuple(f"{g}.{n}" for g, n, _ in self.schema.fields())
 
     def _from(self, fn) -> RolloutBuffer:
         out = RolloutBuffer(self.schema, self.T, 0, _empty=True)

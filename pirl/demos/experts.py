@@ -77,8 +77,8 @@ def collect_demos(env: Reach2DEnv, episodes_per_env: int, chunk: int, noise: flo
 
 
 def reach2d_demos(split, episodes_per_env: int, num_envs: int, chunk: int, noise: float, seed: int) -> Demonstrations:
-    env = Reach2DEnv(num_envs, max_episode_steps=int(split.max_episode_steps), auto_reset=False,
-                     seed=seed, **dict(split.extra))
+    env = Reach2DEnv(num_envs, max_episode_steps=split.max_episode_steps, auto_reset=False,
+                     seed=seed, **dict(split.init_params))
     obs, actions = collect_demos(env, episodes_per_env, chunk, noise, seed)
     return Demonstrations(obs, actions, list(obs["task_descriptions"]), episodes_per_env * num_envs)
 
@@ -123,10 +123,10 @@ def record_metaworld_experts(split, episodes_per_task: int, num_envs: int, seed:
     every episode starts from its own reset seed (seed_offset + k, k = 0, 1, ...), so ranks
     recording shares of one data set pass disjoint offsets. `noise` adds N(0, noise²) to
     the executed (and recorded) actions. Returns the episodes and how many failed (dropped)."""
-    from pirl.envs import make_env
+    from pirl.envs import make_env, task_spec
     from pirl.envs.metaworld import resolve_tasks
 
-    _, names = resolve_tasks(split.task if hasattr(split, "task") else split["task"])
+    _, names = resolve_tasks(task_spec(split))
     cfg = _plain_split(split) | {"auto_reset": False, "ignore_terminations": False, "group_size": 1}
     num_envs = max(len(names), num_envs - num_envs % len(names))
     env = make_env(cfg, num_envs, seed=seed_offset)

@@ -42,6 +42,11 @@ def select_trainable(model: nn.Module, trainable: list[str], frozen: list[str]) 
     return n_train, n_total
 
 
+def trainable_names(model: nn.Module) -> set[str]:
+    """Parameters that train (after `select_trainable`): what a weight sync sends."""
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
 def build_optimizer(model: nn.Module, optim_cfg) -> GuardedAdamW:
     """AdamW over trainable parameters; the value head gets `value_lr`."""
     policy: list[nn.Parameter] = []
@@ -89,6 +94,7 @@ class GuardedAdamW(torch.optim.AdamW):
         super().__init__(*args, **kwargs)
         self.skipped_steps = 0
         self.last_step_skipped = False
+        self.group = None  # the actor ranks' process group (pirl.engine.groups); None: WORLD
 
     def _all_finite(self) -> bool:
         bad = torch.zeros(1)
@@ -99,7 +105,7 @@ class GuardedAdamW(torch.optim.AdamW):
         if torch.distributed.is_initialized():
             device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
             bad = bad.to(device)
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX, group=self.group)
         return bool(bad.item() == 0)
 
     @torch.no_grad()
@@ -124,17 +130,20 @@ class ActorEngine:
     """Owns the DeepSpeed engine of the policy. `train_step` runs one optimizer step over a
     list of this rank's micro-batches (DeepSpeed steps at the accumulation boundary)."""
 
-    def __init__(self, policy: nn.Module, actor_cfg, num_actor_ranks: int, total_steps: int):
-        # `policy`: a Policy for RL; pirl.sft hands it its flow-matching objective module.
+    def __init__(self, policy: nn.Module, actor_cfg, num_actor_ranks: int, total_steps: int, mpu=None):
+        """`policy`: a Policy for RL; pirl.sft hands it its flow-matching objective module.
+        `mpu` (pirl.engine.groups.DataParallelMPU) puts ZeRO's partitions and all-reduces on
+        the actor ranks' group; None: on WORLD (a run where every rank is an actor)."""
         self.n_trainable, self.n_params = select_trainable(
             policy, list(actor_cfg.model.trainable), list(actor_cfg.model.frozen))
         self.ds_config = render_ds_config(actor_cfg, num_actor_ranks)
         self.grad_accum = int(self.ds_config["gradient_accumulation_steps"])
         optimizer = build_optimizer(policy, actor_cfg.optim)
+        optimizer.group = mpu.get_data_parallel_group() if mpu is not None else None
         scheduler = GuardedLambdaLR(optimizer, lr_lambda(actor_cfg.optim, total_steps))
         self.client_optimizer = optimizer
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=policy, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
+            model=policy, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config, mpu=mpu)
         self.zero_stage = zero_stage(self.ds_config)
 
     @property
@@ -200,16 +209,6 @@ class ActorEngine:
         dst_buffers = dict(target.named_buffers())
         for name, buf in self.engine.module.named_buffers():
             dst_buffers[name].copy_(buf)
-
-    # ---- offload (colocated placement) ---------------------------------------------------------
-    def offload(self) -> None:
-        """Free device memory while the rollout runs (no-op off CUDA: nothing to free)."""
-        if torch.cuda.is_available() and hasattr(self.engine, "offload_states"):
-            self.engine.offload_states()
-
-    def onload(self) -> None:
-        if torch.cuda.is_available() and hasattr(self.engine, "reload_states"):
-            self.engine.reload_states()
 
     # ---- checkpoints ------------------------------------------------------------------
     def save(self, directory: str, client_state: dict) -> None:

@@ -148,3 +148,96 @@ class Placement:
         """Ranks no component uses (a layout written for a smaller world)."""
         used = set().union(*self.component_ranks.values())
         return [r for r in range(self.world_size) if r not in used]
+
+
+# ---- who talks to whom ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Link:
+    """One env rank's share of a pipeline stage, served by one rollout rank: env columns
+    [env_cols) of the env rank's stage batch are columns [rollout_cols) of the rollout
+    rank's stage batch (the observations it samples for in one policy call)."""
+
+    env_rank: int
+    rollout_rank: int
+    env_cols: tuple[int, int]
+    rollout_cols: tuple[int, int]
+
+
+def pair_env_rollout(placement: Placement, envs_per_stage: int) -> list[Link]:
+    """Pair env ranks with rollout ranks; one count must divide the other. With k env
+    ranks per rollout rank, a rollout rank batches the stage envs of its k env ranks; with
+    k rollout ranks per env rank, an env rank splits each stage's envs into k equal parts."""
+    env, roll = placement.ranks("env"), placement.ranks("rollout")
+    ne, nr = len(env), len(roll)
+    if ne % nr and nr % ne:
+        raise PlacementError(
+            f"{ne} env ranks and {nr} rollout ranks cannot be paired: one count must divide the "
+            f"other (each rollout rank serves a whole number of env ranks, or each env rank feeds "
+            f"a whole number of rollout ranks)", key="rollout")
+    E = envs_per_stage
+    links = []
+    if ne >= nr:
+        k = ne // nr
+        for i, e in enumerate(env):
+            off = (i % k) * E
+            links.append(Link(e, roll[i // k], (0, E), (off, off + E)))
+    else:
+        k = nr // ne
+        if E % k:
+            raise PlacementError(
+                f"each env rank feeds {k} rollout ranks, but its {E} envs per pipeline stage do not "
+                f"split into {k} equal parts", key="rollout")
+        part = E // k
+        for j, r in enumerate(roll):
+            p = j % k
+            links.append(Link(env[j // k], r, (p * part, (p + 1) * part), (0, part)))
+    return links
+
+
+@dataclass(frozen=True)
+class Route:
+    """Trajectory columns [src) of a rollout rank's buffer go to columns [dst) of an actor
+    rank's buffer."""
+
+    rollout_rank: int
+    actor_rank: int
+    src: tuple[int, int]
+    dst: tuple[int, int]
+
+
+def trajectory_routes(placement: Placement, cols_per_rollout_rank: int) -> list[Route]:
+    """Split every env column (one env's trajectory in one rollout epoch) evenly over the
+    actor ranks, whatever the ratio of rollout to actor ranks: global column order is
+    (rollout rank, its own column order); actor rank a takes the a-th contiguous slice."""
+    roll, actors = placement.ranks("rollout"), placement.ranks("actor")
+    total = len(roll) * cols_per_rollout_rank
+    if total % len(actors):
+        raise PlacementError(
+            f"{total} env trajectories per iteration (envs x rollout epochs) do not split evenly over "
+            f"{len(actors)} actor ranks", key="actor")
+    per = total // len(actors)
+    routes = []
+    for j, r in enumerate(roll):
+        lo, hi = j * cols_per_rollout_rank, (j + 1) * cols_per_rollout_rank
+        for i, a in enumerate(actors):
+            alo, ahi = i * per, (i + 1) * per
+            s, e = max(lo, alo), min(hi, ahi)
+            if s < e:
+                routes.append(Route(r, a, (s - lo, e - lo), (s - alo, e - alo)))
+    return routes
+
+
+def describe_layout(placement: Placement, envs_per_env_rank: int, stages: int, samples_per_actor_rank: int) -> list[str]:
+    """The dry-run's view of a layout: each rank's roles, the env <-> rollout pairing, envs
+    per env rank and stage, samples per actor rank."""
+    per_stage = envs_per_env_rank // stages
+    lines = ["# ranks"]
+    for r in range(placement.world_size):
+        lines.append(f"rank {r}: {', '.join(c for c in COMPONENTS if r in placement.component_ranks[c])}")
+    lines.append("# env -> rollout pairing (per pipeline stage: env columns -> rollout columns)")
+    for link in pair_env_rollout(placement, per_stage):
+        lines.append(f"env rank {link.env_rank} envs {link.env_cols[0]}-{link.env_cols[1] - 1} -> rollout rank "
+                     f"{link.rollout_rank} batch rows {link.rollout_cols[0]}-{link.rollout_cols[1] - 1}")
+    lines.append(f"envs per env rank: {envs_per_env_rank} = {stages} pipeline stage(s) x {per_stage}")
+    lines.append(f"samples per actor rank per iteration: {samples_per_actor_rank}")
+    return lines

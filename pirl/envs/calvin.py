@@ -10,7 +10,7 @@ named) and puts calvin_env on the import path. calvin_agent is never imported (i
 `calvin` extra (`pip install -e ".[calvin]"`: pybullet, gym, numpy-quaternion, gitpython,
 hydra-core).
 
-Task suites (`env.<split>.task`, the reference system's names): calvin_abc (scenes A, B,
+Task suites (`env.<split>.task_suite_name`, the reference system's names): calvin_abc (scenes A, B,
 C: training of ABC->D), calvin_d (scene D: evaluation), calvin_abcd (A-D). Env i builds
 scene suite[(i // group_size) % len(suite)], so a GRPO group shares its scene.
 
@@ -25,27 +25,27 @@ new start info, fresh subtask budget).
 Step results (for ChunkedVecEnv): reward = the number of subtasks completed so far (the
 chain's progress). With `use_rel_reward: True` (the reference configs) ChunkedVecEnv pays
 its increments: reward_coef once per completed subtask, on the step that completes it
-(the reference's sparse 0/1 subtask reward); with `extra.reward_mode: dense` it is used,
+(the reference's sparse 0/1 subtask reward); with `reward_mode: dense` it is used,
 with `sparse` the reward is the chain's success. Terminated = success = all 5 subtasks done.
-Truncated (the 4th value): the current subtask ran `extra.subtask_max_steps` steps without
+Truncated (the 4th value): the current subtask ran `init_params.subtask_max_steps` steps without
 success (the official protocol: 360 per subtask); a budget for the whole chain is
 `max_episode_steps` (the reference system: 480). Episode stat `avg_len`: subtasks completed
 (its mean over episodes is CALVIN's average length).
 
 Observation: `main_image` the static camera (`image_size`, CALVIN's 200 px), `wrist_image`
-the gripper camera (`extra.wrist_image_size`, 84 px), `state` (7,) = tcp position (3), tcp
+the gripper camera (`init_params.wrist_image_size`, 84 px), `state` (7,) = tcp position (3), tcp
 euler xyz (3), gripper opening width (robot_obs[:7], as the reference system feeds π0.5).
 Actions (7,): relative tcp position (3) and euler (3) in [-1, 1] (calvin_env scales them by
 2 cm and 0.05 rad; values outside are clipped) and the gripper, binarized as calvin_agent
 does: > 0 opens (1), otherwise closes (-1).
 
-Instructions (`extra.instructions`): validation (the one validation sentence per task, the
+Instructions (`init_params.instructions`): validation (the one validation sentence per task, the
 official evaluation's) or train (a paraphrase from the training annotations, drawn per
 subtask from the reset seed). Default: validation for calvin_d, train otherwise.
 
 Rendering: calvin_env renders both cameras inside every step(); the adapter hides the
 camera list during steps and resets, so a chunk of C actions costs C physics steps and one
-render. PyBullet's CPU TinyRenderer unless `extra.use_egl` (its EGL plugin, on GPU hosts).
+render. PyBullet's CPU TinyRenderer unless `init_params.use_egl` (its EGL plugin, on GPU hosts).
 """
 from __future__ import annotations
 
@@ -248,7 +248,7 @@ def sim_config(checkout: CalvinCheckout, scene: str, main_size: int = MAIN_SIZE,
 def load_instructions(checkout: CalvinCheckout, which: str) -> dict[str, list[str]]:
     """Task name -> instructions: the training paraphrases or the one validation sentence."""
     if which not in INSTRUCTION_SETS:
-        raise ValueError(f"env.<split>.extra.instructions must be one of {INSTRUCTION_SETS}, got {which!r}")
+        raise ValueError(f"env.<split>.init_params.instructions must be one of {INSTRUCTION_SETS}, got {which!r}")
     table = _yaml_mapping(checkout.annotations(which))
     return {str(k): [str(s) for s in v] for k, v in table.items()}
 
@@ -316,7 +316,7 @@ class CalvinEnv:
         render: bool = True,
     ):
         if subtask_max_steps is not None and subtask_max_steps < 1:
-            raise ValueError(f"env.<split>.extra.subtask_max_steps must be >= 1 or null, got {subtask_max_steps}")
+            raise ValueError(f"env.<split>.init_params.subtask_max_steps must be >= 1 or null, got {subtask_max_steps}")
         self.sim, self.oracle = sim, oracle
         self.instructions = instructions
         self.instruction_set = instruction_set
@@ -398,9 +398,9 @@ class CalvinEnv:
 
 
 def resolve_suite(task: Any) -> tuple[str, tuple[str, ...]]:
-    """(suite, scenes) for env.<split>.task: calvin_abc, calvin_d or calvin_abcd."""
+    """(suite, scenes) for env.<split>.task_suite_name: calvin_abc, calvin_d or calvin_abcd."""
     if task not in SUITES:
-        raise ValueError(f"env.<split>.task for CALVIN must be one of {sorted(SUITES)}, got {task!r}")
+        raise ValueError(f"env.<split>.task_suite_name for CALVIN must be one of {sorted(SUITES)}, got {task!r}")
     return str(task), SUITES[str(task)]
 
 
@@ -419,7 +419,7 @@ class CalvinFactory:
                  wrist_size: int = WRIST_SIZE, use_egl: bool = False, instructions: str = "validation",
                  subtask_max_steps: Optional[int] = None, num_sequences: int = NUM_SEQUENCES, render: bool = True):
         if instructions not in INSTRUCTION_SETS:
-            raise ValueError(f"env.<split>.extra.instructions must be one of {INSTRUCTION_SETS}, got {instructions!r}")
+            raise ValueError(f"env.<split>.init_params.instructions must be one of {INSTRUCTION_SETS}, got {instructions!r}")
         self.source = source
         self.scenes = list(scenes)
         self.group_size = group_size

@@ -15,7 +15,7 @@ and including the first failure).
 their chains); `run_chains` runs the protocol without a policy checkpoint: chain c of `get_sequences(num_sequences)` in env slot
 c % B, B chains at a time, each until it completes, fails its subtask budget or reaches
 max_episode_steps. The official ABC->D evaluation is 1000 chains on scene D
-(env.eval.task calvin_d) with `extra.subtask_max_steps: 360`, validation instructions,
+(env.eval.task_suite_name calvin_d) with `init_params.subtask_max_steps: 360`, validation instructions,
 `max_episode_steps` >= 5 x 360, no auto-reset.
 """
 from __future__ import annotations

@@ -141,7 +141,9 @@ class LocalBackend:
 
 def group_seeds(base_seed: int, num_envs: int, group_size: int) -> np.ndarray:
     """(B,) reset seeds: envs g*G .. g*G+G-1 share seed base+g, so a GRPO group starts from
-    one initial state; different groups start from different ones."""
+    one initial state; different groups start from different ones. Base seeds come from
+    pirl.seeding (31-bit draws per rank, stage, iteration, epoch), so two ranks' ranges of
+    B seeds do not meet."""
     if group_size < 1 or num_envs % group_size:
         raise ValueError(
             f"group_size={group_size} must be >= 1 and divide num_envs={num_envs}"
@@ -193,7 +195,7 @@ class ChunkedVecEnv:
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
         if reward_mode not in ("sparse", "dense"):
-            raise ValueError(f"env.extra.reward_mode must be 'sparse' or 'dense', got {reward_mode!r}")
+            raise ValueError(f"env.*.reward_mode must be 'sparse' or 'dense', got {reward_mode!r}")
         self.backend = backend
         self.num_envs = backend.num_envs
         self.action_dim = backend.action_dim

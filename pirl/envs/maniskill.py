@@ -7,7 +7,7 @@ Two ways to run:
   * GPU sim backend (`sim_backend: gpu`): one process simulates all B envs in one batched
     SAPIEN scene; `ManiSkillGPUBackend` is a `Backend` over it.
 
-Options (`env.<split>.extra`): control_mode (pd_ee_delta_pose: 7-D end-effector delta pose +
+Options (`env.<split>.init_params`; the task is `id`): control_mode (pd_ee_delta_pose: 7-D end-effector delta pose +
 gripper, the seeds' action space; pd_joint_delta_pos: 8-D joint control), state_mode (joint:
 robot joint angles qpos as in the seeds; full: ManiSkill's flattened state observation, for
 state-only policies), sim_backend, camera (sensor name, default base_camera).
@@ -94,7 +94,7 @@ def make_gym_env(task: str, num_envs: int, image_size: int, control_mode: str, s
     import mani_skill.envs  # noqa: F401
 
     if control_mode not in CONTROL_MODES:
-        raise ValueError(f"env.extra.control_mode must be one of {CONTROL_MODES}, got {control_mode!r}")
+        raise ValueError(f"env.*.init_params.control_mode must be one of {CONTROL_MODES}, got {control_mode!r}")
     check_task_assets(task)
     return gym.make(
         task,
@@ -119,7 +119,7 @@ def _state_from(env, state_mode: str) -> np.ndarray:
             return u.get_obs().detach().cpu().numpy().astype(np.float32)
         finally:
             u._obs_mode = prev
-    raise ValueError(f"env.extra.state_mode must be 'joint' or 'full', got {state_mode!r}")
+    raise ValueError(f"env.*.init_params.state_mode must be 'joint' or 'full', got {state_mode!r}")
 
 
 def _images_from(env, camera: str) -> np.ndarray:
@@ -212,7 +212,7 @@ class ManiSkillGPUBackend:
         import torch
 
         if not torch.cuda.is_available():
-            raise RuntimeError("env.extra.sim_backend=gpu needs CUDA; use sim_backend=cpu with worker processes")
+            raise RuntimeError("env.*.init_params.sim_backend=gpu needs CUDA; use sim_backend=cpu with worker processes")
         self._env = make_gym_env(task, num_envs, image_size, control_mode, "gpu", camera)
         self.num_envs = num_envs
         self.action_dim = int(self._env.action_space.shape[-1])

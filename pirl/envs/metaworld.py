@@ -1,6 +1,9 @@
 """MetaWorld (v3 tasks, MuJoCo) behind `pirl.envs.chunked.SingleEnv`.
 
-Task specs (`env.<split>.task`):
+Task specs (`env.<split>.task_suite_name`):
+    metaworld_50, metaworld_45_ind, metaworld_45_ood
+                                    the reference system's names of MT50, ML45 and
+                                    ML45:test
     "reach-v3" (or "MT1:reach-v3")  one task
     "MT10", "MT50"                  multi-task: train and eval on the same tasks
     "ML45" / "ML45:test"            the 45 train tasks / the 5 held-out tasks (train on
@@ -95,13 +98,19 @@ def _benchmark_names(bench: str, test: bool) -> list[str]:
     return list((env_dict.MT10_V3 if bench == "MT10" else env_dict.MT50_V3).keys())
 
 
+# The reference system's task_suite_name for MetaWorld's benchmarks.
+REFERENCE_SUITES = {"metaworld_50": "MT50", "metaworld_45_ind": "ML45", "metaworld_45_ood": "ML45:test"}
+
+
 def resolve_tasks(task: Any) -> tuple[str, list[str]]:
     """(benchmark name, task names) for a task spec: "reach-v3", "MT1:reach-v3", "MT10",
-    "MT50", "ML45" / "ML45:train" (the 45 train tasks), "ML45:test" (the 5 held out), or
-    a list of task names."""
+    "MT50", "ML45" / "ML45:train" (the 45 train tasks), "ML45:test" (the 5 held out), the
+    REFERENCE_SUITES names, or a list of task names."""
 
     if task is None:
-        raise ValueError("env.<split>.task must name a MetaWorld task (reach-v3), MT10, MT50, ML45 or ML45:test")
+        raise ValueError("env.<split>.task_suite_name must name a MetaWorld task (reach-v3), metaworld_50, "
+                         "metaworld_45_ind, metaworld_45_ood, MT10, MT50, ML45 or ML45:test")
+    task = REFERENCE_SUITES.get(task, task) if isinstance(task, str) else task
     if not isinstance(task, str) and isinstance(task, Sequence):  # a list (or an OmegaConf ListConfig)
         bench, names = "MT50", [str(t) for t in task]
     else:

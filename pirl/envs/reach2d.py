@@ -30,7 +30,7 @@ class Reach2DEnv:
                  use_rel_reward: bool = False, reward_coef: float = 1.0, seed: int = 0,
                  render: bool = True, device: str | torch.device = "cpu"):
         if not 1 <= num_targets <= len(COLOURS):
-            raise ValueError(f"env.*.extra.num_targets must be in [1, {len(COLOURS)}], got {num_targets}")
+            raise ValueError(f"env.*.init_params.num_targets must be in [1, {len(COLOURS)}], got {num_targets}")
         self.num_envs, self.max_episode_steps = num_envs, max_episode_steps
         self.num_targets, self.speed, self.radius = num_targets, speed, success_radius
         self.image_size, self.render_images = image_size, render

@@ -11,12 +11,12 @@ def flow_spec(model_cfg) -> FlowSpec:
     """The stochastic-chain definition from `actor.model` (flow keys live in `openpi`)."""
     op = model_cfg.openpi
     return FlowSpec(
-        num_steps=int(op.num_steps),
-        noise_method=str(op.noise_method),
-        noise_level=float(op.noise_level),
-        joint_logprob=bool(op.joint_logprob),
-        action_chunk=int(op.action_chunk),
-        action_env_dim=int(op.action_env_dim),
+        num_steps=op.num_steps,
+        noise_method=op.noise_method,
+        noise_level=op.noise_level,
+        joint_logprob=op.joint_logprob,
+        action_chunk=op.action_chunk,
+        action_env_dim=op.action_env_dim,
     )
 
 
@@ -24,19 +24,21 @@ def build_policy(model_cfg, state_dim: int, sampling=None) -> Policy:
     """`actor.model` section + the env's state size (+ `rollout.sampling_params` for a token
     policy) -> a Policy (on CPU)."""
     if model_cfg.model_type == "flow_mlp":
+        from pirl.config.validate import model_action_sizes
         from pirl.models.flow_mlp import FlowMLPPolicy
 
+        horizon, action_dim = model_action_sizes(model_cfg)
         policy = FlowMLPPolicy(
             state_dim=state_dim,
             spec=flow_spec(model_cfg),
-            horizon=int(model_cfg.action_horizon),
-            action_dim=int(model_cfg.action_model_dim),
-            hidden_dim=int(model_cfg.hidden_dim),
-            num_layers=int(model_cfg.num_layers),
-            add_value_head=bool(model_cfg.add_value_head),
+            horizon=horizon,
+            action_dim=action_dim,
+            hidden_dim=model_cfg.hidden_dim,
+            num_layers=model_cfg.num_layers,
+            add_value_head=model_cfg.add_value_head,
             noise_std_range=tuple(model_cfg.openpi.noise_logvar_range),
-            detach_critic_input=bool(model_cfg.openpi.detach_critic_input),
-            prediction=str(model_cfg.prediction),
+            detach_critic_input=bool(model_cfg.openpi.detach_critic_input),  # null: False
+            prediction=model_cfg.prediction,
         )
         if model_cfg.model_path:
             from pirl.models.io import load_policy_weights

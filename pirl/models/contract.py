@@ -22,9 +22,11 @@ class PolicyMismatch(ValueError):
 
 def policy_contract(cfg, state_dim: int) -> dict[str, Any]:
     """The contract of a policy built from `cfg` for an env with `state_dim` state dims."""
+    from pirl.envs import task_spec
+
     m = cfg.actor.model
     split = cfg.env.train
-    task = split.task
+    task = task_spec(split)
     try:
         from omegaconf import OmegaConf
 
@@ -34,7 +36,7 @@ def policy_contract(cfg, state_dim: int) -> dict[str, Any]:
         pass
     return {"model_type": str(m.model_type), "num_steps": int(m.openpi.num_steps),
             "action_chunk": int(m.openpi.action_chunk), "action_dim": int(m.openpi.action_env_dim),
-            "state_dim": int(state_dim), "simulator_type": str(split.simulator_type), "task": task}
+            "state_dim": int(state_dim), "env_type": split.env_type, "task": task}
 
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:

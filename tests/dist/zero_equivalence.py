@@ -22,6 +22,7 @@ def main(ds_config: str, out: str, steps: int = 4, inject_nan_at: int = -1) -> N
     cfg.actor.optim.lr = 1e-2
     cfg.actor.optim.value_lr = 3e-2
     cfg.actor.model.hidden_dim = 32
+    cfg.actor.model.action_dim, cfg.actor.model.num_action_chunks = 2, 4  # D, H below
     torch.manual_seed(0)
     policy = build_policy(cfg.actor.model, state_dim=11)
     actor = ActorEngine(policy, cfg.actor, info.world_size, total_steps=steps)
@@ -32,7 +33,7 @@ def main(ds_config: str, out: str, steps: int = 4, inject_nan_at: int = -1) -> N
     mb = per_rank // actor.grad_accum
 
     def loss_fn(engine, b):
-        ev = engine(b["fi"], b["chains"], b["mask"])
+        ev = engine(b["fi"], {"chains": b["chains"], "step_mask": b["mask"]})
         lp = ev.logprob.sum(dim=(1, 2))
         loss = -(lp * b["adv"]).mean() + ((ev.values - b["ret"]) ** 2).mean()
         return loss * b["scale"], {"loss": float(loss.detach())}

@@ -192,8 +192,9 @@ def _pirl_from_lerobot(tmp_path, tokenizer_dir, kind, seed):
 
 def _run_config(kind, folder, **openpi):
     return OmegaConf.create({"model_type": "openpi", "model_path": str(folder), "action_dim": ACTION_DIM, "num_action_chunks": H,
-            "action_horizon": H, "action_model_dim": 32, "num_steps": 10, "precision": "fp32",
+            "num_steps": 10, "precision": "fp32",
             "openpi": {"config_name": "pi05_tiny" if kind == "pi05" else "pi0_tiny", "pi05": kind == "pi05",
+                       "action_horizon": H, "action_dim": 32,
                        "paligemma": dict(VLM, vocab_size=V), "expert": dict(EXPERT, vocab_size=V), "vision": VISION,
                        "max_token_len": TOKENS[kind], "add_value_head": False, "train_expert_only": False, **openpi}})
 
@@ -354,7 +355,7 @@ def test_run_config_contradicting_lerobots_is_refused(tmp_path, tokenizer_dir):
     folder = _save_lerobot(_lerobot_policy("pi0", seed=7), "pi0", tmp_path / "lerobot", tokenizer_dir, seed=7)
     bad = _run_config("pi0", folder)
     bad.update(action_horizon=50, num_action_chunks=50)
-    with pytest.raises(ValueError, match="chunk_size 6 vs actor.model.action_horizon 50"):
+    with pytest.raises(ValueError, match="chunk_size 6 vs actor.model.openpi.action_horizon 50"):
         build_pi0_policy(bad)
 
 

@@ -1,4 +1,4 @@
-"""The GSEnv asset folder (`env.<split>.extra.assets_path`): where each file is, its
+"""The GSEnv asset folder (`env.<split>.init_params.assets_path`): where each file is, its
 alignment, and the checks that name a missing file before anything is built.
 
 Default layout: the RLinf/gsenv-assets-v0 folder as ManiSkill-GS reads it

@@ -10,7 +10,7 @@
 The defaults are the real setup's calibration that ManiSkill-GS ships for
 PutCubeOnPlate (mani_skill_gs/env_simulation/ms_configs.py): 640x480, fx 604.15,
 fy 604.27, principal point (316.67, 243.19), mounted at (0.075, -0.161, 0.497) looking
-down at the table. `env.<split>.extra.camera` overrides any of them.
+down at the table. `env.<split>.init_params.camera` overrides any of them.
 """
 from __future__ import annotations
 
@@ -47,17 +47,17 @@ class Camera:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None = None) -> Camera:
-        """The default camera with the keys of `env.<split>.extra.camera` applied."""
+        """The default camera with the keys of `env.<split>.init_params.camera` applied."""
         cfg = dict(cfg or {})
         unknown = sorted(set(cfg) - set(CAMERA_KEYS))
         if unknown:
-            raise ValueError(f"env.extra.camera has keys {unknown}; allowed: {list(CAMERA_KEYS)}")
+            raise ValueError(f"env.*.init_params.camera has keys {unknown}; allowed: {list(CAMERA_KEYS)}")
         c2w = torch.tensor(cfg.get("cam_to_world", CAM_TO_WORLD), dtype=torch.float64)
         if c2w.shape != (4, 4):
-            raise ValueError(f"env.extra.camera.cam_to_world must be a 4x4 matrix, got shape {tuple(c2w.shape)}")
+            raise ValueError(f"env.*.init_params.camera.cam_to_world must be a 4x4 matrix, got shape {tuple(c2w.shape)}")
         r = c2w[:3, :3]
         if not torch.allclose(r @ r.T, torch.eye(3, dtype=torch.float64), atol=1e-5) or float(torch.det(r)) < 0:
-            raise ValueError("env.extra.camera.cam_to_world: the upper-left 3x3 block is not a rotation")
+            raise ValueError("env.*.init_params.camera.cam_to_world: the upper-left 3x3 block is not a rotation")
         u, _, vh = torch.linalg.svd(r)  # calibrations are printed to ~8 digits: the nearest exact rotation
         c2w[:3, :3] = u @ vh
         intr = {k: float(cfg.get(k, v)) for k, v in INTRINSICS.items()}

@@ -14,7 +14,7 @@ qvel, the end-effector controller's target pose, then the TCP, cube and plate po
   * GPU sim (`sim_backend: gpu`): all B envs of a rank in one GPU scene (`GSEnvGPUBackend`, a
     Backend), rendered in one batched gsplat call.
 
-Options (`env.<split>.extra`): assets_path (required), control_mode
+Options (`env.<split>.init_params`): id, assets_path (required), control_mode
 (pd_ee_target_delta_pose, the seeds'), state_mode (joint | full), sim_backend (cpu | gpu),
 render_backend (auto | torch | gsplat), cache_table (true), render_bs (envs per rasterizer
 call; null: all), camera (overrides of the calibrated camera, pirl.envs.gsenv.camera).
@@ -97,9 +97,9 @@ class GSEnvCore:
         from pirl.envs.gsenv.robot import CONTROL_MODES, link_poses
 
         if control_mode not in CONTROL_MODES:
-            raise ValueError(f"env.extra.control_mode must be one of {CONTROL_MODES}, got {control_mode!r}")
+            raise ValueError(f"env.*.init_params.control_mode must be one of {CONTROL_MODES}, got {control_mode!r}")
         if state_mode not in STATE_MODES:
-            raise ValueError(f"env.extra.state_mode must be one of {STATE_MODES}, got {state_mode!r}")
+            raise ValueError(f"env.*.init_params.state_mode must be one of {STATE_MODES}, got {state_mode!r}")
         full_camera = Camera.from_config(camera)
         self.camera = full_camera.resized(image_size)
         # ManiSkill's attributes (agent, cube, ...) are not in gymnasium's types
@@ -134,7 +134,7 @@ class GSEnvCore:
     @property
     def renderer(self) -> GSRenderer:
         if self._renderer is None:
-            raise RuntimeError("this GSEnv was built with render=False (env.extra.render)")
+            raise RuntimeError("this GSEnv was built with render=False (env.*.init_params.render)")
         return self._renderer
 
     def images(self) -> torch.Tensor:
@@ -217,7 +217,7 @@ class GSEnvGPUBackend:
         from pirl.envs.gsenv.task import INSTRUCTION
 
         if not torch.cuda.is_available():
-            raise RuntimeError("env.extra.sim_backend=gpu needs CUDA; use sim_backend=cpu with worker processes")
+            raise RuntimeError("env.*.init_params.sim_backend=gpu needs CUDA; use sim_backend=cpu with worker processes")
         self.core = GSEnvCore(num_envs=num_envs, sim_backend="gpu", **kwargs)
         self.num_envs = num_envs
         self.action_dim = self.core.action_dim
@@ -264,11 +264,11 @@ def make_backend(task: Any, extra: dict, image_size: int, render: bool, num_envs
 
     name = str(task or TASK_NAMES[0])
     if name not in TASK_NAMES:
-        raise ValueError(f"env.*.task: GSEnv has the task {TASK_NAMES[0]} (also spelled {TASK_NAMES[1]}), got {name!r}")
+        raise ValueError(f"env.*.init_params.id: GSEnv has the task {TASK_NAMES[0]} (also spelled {TASK_NAMES[1]}), got {name!r}")
     try:  # fail here, naming the file, not inside a worker
         check_assets(extra.get("assets_path"))
     except (FileNotFoundError, ValueError) as e:
-        raise type(e)(f"env.*.extra.assets_path: {e}") from None
+        raise type(e)(f"env.*.init_params.assets_path: {e}") from None
     kwargs = dict(assets_path=str(extra["assets_path"]), image_size=image_size, render=render,
                   control_mode=str(extra.get("control_mode", "pd_ee_target_delta_pose")),
                   state_mode=str(extra.get("state_mode", "joint")),
@@ -279,7 +279,7 @@ def make_backend(task: Any, extra: dict, image_size: int, render: bool, num_envs
     if sim_backend == "gpu":
         return GSEnvGPUBackend(name, num_envs, **kwargs)
     if sim_backend != "cpu":
-        raise ValueError(f"env.extra.sim_backend must be cpu or gpu, got {sim_backend!r}")
+        raise ValueError(f"env.*.init_params.sim_backend must be cpu or gpu, got {sim_backend!r}")
     from pirl.envs.chunked import LocalBackend
     from pirl.envs.vector import WorkerBackend
 

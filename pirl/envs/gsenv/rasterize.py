@@ -182,7 +182,7 @@ class GsplatRasterizer:
 
     def __init__(self) -> None:
         if not torch.cuda.is_available():
-            raise RuntimeError("the gsplat rasterizer needs CUDA; use env.extra.render_backend: torch on a CPU")
+            raise RuntimeError("the gsplat rasterizer needs CUDA; use env.*.init_params.render_backend: torch on a CPU")
         try:
             from gsplat import rasterization
         except ImportError as e:
@@ -205,9 +205,9 @@ class GsplatRasterizer:
 
 
 def make_rasterizer(backend: str, device: torch.device) -> Rasterizer:
-    """`env.extra.render_backend`: auto (gsplat on a CUDA device, else torch), torch, gsplat."""
+    """`env.*.init_params.render_backend`: auto (gsplat on a CUDA device, else torch), torch, gsplat."""
     if backend not in BACKENDS:
-        raise ValueError(f"env.extra.render_backend must be one of {BACKENDS}, got {backend!r}")
+        raise ValueError(f"env.*.init_params.render_backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch" or (backend == "auto" and device.type != "cuda"):
         return TorchRasterizer()
     return GsplatRasterizer()

@@ -75,7 +75,7 @@ class GSRenderer:
         camera's resolution; render_bs: envs per rasterizer call (None: all B at once; fewer
         bound the rasterizer's memory, the seeds' gs_kwargs.render_bs)."""
         if render_bs is not None and render_bs < 1:
-            raise ValueError(f"env.extra.render_bs must be >= 1 or null, got {render_bs}")
+            raise ValueError(f"env.*.init_params.render_bs must be >= 1 or null, got {render_bs}")
         if tuple(background.shape) != (camera.height, camera.width, 3):
             raise ValueError(f"background is {tuple(background.shape)}, the camera renders "
                              f"{camera.height}x{camera.width}")

@@ -14,6 +14,7 @@ import dataclasses
 
 import torch
 
+from pirl.config.schema import precision_of
 from pirl.models.oft.action_tokenizer import NORMALIZATIONS, read_statistics, select_bounds
 from pirl.models.oft.checkpoint import (
     CheckpointError, check_config, detect_format, load_weights, read_statistics_of, read_tokenizer,
@@ -44,7 +45,7 @@ def config_from_model_cfg(model_cfg) -> OFTConfig:
         base, vision=vision, llm=replace_spec(base.llm, dict(oft.llm or {})),
         action_dim=model_cfg.action_dim, num_action_chunks=model_cfg.num_action_chunks,
         num_images_in_input=model_cfg.num_images_in_input, variant=model_cfg.implement_version,
-        attention=oft.attention, use_film=model_cfg.use_film, use_proprio=model_cfg.use_proprio,
+        attention=oft.attention, use_film=model_cfg.use_film, use_proprio=model_cfg.use_proprio is True,  # null: none
         proprio_dim=model_cfg.proprio_dim, max_prompt_length=model_cfg.max_prompt_length,
         add_value_head=model_cfg.add_value_head, value_type=model_cfg.value_type,
     )
@@ -74,7 +75,7 @@ def check_oft(model_cfg, sampling_cfg) -> tuple[OFTConfig, SamplingParams]:
     """Every OFT key that can be checked without files or weights (config validation calls
     this before anything starts; the builder again)."""
     oft = model_cfg.oft
-    choices = {"actor.model.precision": (model_cfg.precision, tuple(DTYPES)),
+    choices = {"actor.model.precision": (precision_of(model_cfg), tuple(DTYPES)),
                "actor.model.oft.normalization": (oft.normalization, NORMALIZATIONS + (NO_NORMALIZATION,)),
                "actor.model.oft.gripper": (oft.gripper, GRIPPERS),
                "actor.model.attn_implementation": (model_cfg.attn_implementation, ATTN_IMPLEMENTATIONS)}
@@ -98,7 +99,7 @@ def build_oft_policy(model_cfg, sampling_cfg) -> OFTPolicy:
     fmt = detect_format(path) if path else ""
     if path:
         check_config(path, fmt, cfg)  # before building a 7B model for nothing
-    model = OFTModel(cfg, model_cfg.attn_implementation).to(DTYPES[model_cfg.precision])
+    model = OFTModel(cfg, model_cfg.attn_implementation).to(DTYPES[precision_of(model_cfg)])
     statistics: dict = {}
     encoder: SentencePieceEncoder | ByteEncoder = ByteEncoder(cfg.tokenizer_vocab)
     if path:

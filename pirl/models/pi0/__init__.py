@@ -9,12 +9,12 @@ from pirl.flow import FlowSpec
 from pirl.models.pi0.checkpoint import (FORMATS, LEROBOT, check_run_config, detect_format, find_norm_stats, load_weights,
                                        read_tokenizer)
 from pirl.models.pi0.checkpoint_lerobot import read_processing
-from pirl.models.pi0.configuration import Pi0Config, _get, config_from_model_cfg, preset
+from pirl.models.pi0.configuration import DELTA_ACTION_MASKS, Pi0Config, _get, config_from_model_cfg, preset
 from pirl.models.pi0.lora import apply_lora, freeze_vlm
 from pirl.models.pi0.modeling import Pi0Model
 from pirl.models.pi0.normalize import QUANTILE, ZSCORE, load_norm_stats
 from pirl.models.pi0.policy import Pi0Policy
-from pirl.models.pi0.processor import Pi0Processor, ProcessorConfig
+from pirl.models.pi0.processor import CAMERA_OBS_KEYS, Pi0Processor, ProcessorConfig
 from pirl.models.pi0.tokenizer import ByteTokenizer, PromptTokenizer, SentencePieceTokenizer, load_tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -72,6 +72,7 @@ def build_pi0_policy(model_cfg, state_dim: int | None = None) -> Pi0Policy:
         delta_action_mask=delta,
         action_env_dim=spec.action_env_dim,
         train_augment=bool(_get(op, "train_augment", False)),
+        num_images=_get(op, "num_images_in_input", len(CAMERA_OBS_KEYS)),
     )
     processor = Pi0Processor(cfg, tokenizer, norm_stats, pcfg)
 
@@ -99,7 +100,8 @@ def _norm_stats(op, path, fmt, normalization):
 
 
 def _delta_action_mask(op, path, fmt, env_dim: int):
-    delta = _get(op, "delta_action_mask", None)
+    # The openpi training config's own transform (pi0_libero's delta arm actions) unless set.
+    delta = _get(op, "delta_action_mask", DELTA_ACTION_MASKS.get(str(_get(op, "config_name", ""))))
     delta = tuple(bool(x) for x in delta) if delta is not None else None
     if fmt != LEROBOT:
         return delta

@@ -242,8 +242,8 @@ def read_config(path: str | Path, fmt: str | None = None) -> Pi0Config | None:
 
 # Sizes no tensor shape reveals (a wrong horizon or prompt length would load silently):
 # Pi0Config field -> the run config key that sets it.
-RUN_KEYS = {"pi05": "actor.model.openpi.pi05", "action_horizon": "actor.model.action_horizon",
-            "action_dim": "actor.model.action_model_dim", "max_token_len": "actor.model.openpi.max_token_len",
+RUN_KEYS = {"pi05": "actor.model.openpi.pi05", "action_horizon": "actor.model.openpi.action_horizon",
+            "action_dim": "actor.model.openpi.action_dim", "max_token_len": "actor.model.openpi.max_token_len",
             "discrete_state_input": "actor.model.openpi.discrete_state_input"}
 
 

@@ -66,9 +66,9 @@ def check_config(meta: dict, cfg: Pi0Config, action_env_dim: int | None, where: 
     res = meta.get("image_resolution", [224, 224])
     checks = [
         ("type", meta["type"], "actor.model.openpi.pi05", cfg.pi05, TYPES[meta["type"]] == cfg.pi05),
-        ("chunk_size", meta.get("chunk_size"), "actor.model.action_horizon", cfg.action_horizon, None),
-        ("max_action_dim", meta.get("max_action_dim"), "actor.model.action_model_dim", cfg.action_dim, None),
-        ("max_state_dim", meta.get("max_state_dim"), "actor.model.action_model_dim", cfg.action_dim, None),
+        ("chunk_size", meta.get("chunk_size"), "actor.model.openpi.action_horizon", cfg.action_horizon, None),
+        ("max_action_dim", meta.get("max_action_dim"), "actor.model.openpi.action_dim", cfg.action_dim, None),
+        ("max_state_dim", meta.get("max_state_dim"), "actor.model.openpi.action_dim", cfg.action_dim, None),
         ("tokenizer_max_length", meta.get("tokenizer_max_length"), "actor.model.openpi.max_token_len",
          cfg.max_token_len, None),
         ("image_resolution", list(res), "actor.model.openpi.vision.image_size", cfg.vision.image_size,

@@ -128,6 +128,27 @@ PRESETS: dict[str, Pi0Config] = {
 }
 
 
+# openpi training-config names, as the reference system's experiments give them in
+# actor.model.openpi.config_name (its rlinf/models/embodiment/openpi/dataconfig): the model
+# each one builds. pi05_* there set discrete_state_input False (the state stays out of the
+# prompt); horizons as each config's Pi0Config.
+_PI0, _PI05 = PRESETS["pi0"], PRESETS["pi05"]
+PRESETS.update({
+    "pi0_libero": _PI0,
+    "pi05_libero": dataclasses.replace(_PI05, action_horizon=10, discrete_state_input=False),
+    "pi0_maniskill": _PI0,
+    "pi05_maniskill": dataclasses.replace(_PI05, action_horizon=10, discrete_state_input=False),
+    "pi0_metaworld": dataclasses.replace(_PI0, action_horizon=5),
+    "pi05_metaworld": dataclasses.replace(_PI05, action_horizon=5, discrete_state_input=False),
+    "pi0_calvin": dataclasses.replace(_PI0, action_horizon=5),
+    "pi05_calvin": dataclasses.replace(_PI05, action_horizon=5, discrete_state_input=False),
+    "pi05_gsenv": dataclasses.replace(_PI05, action_horizon=5, discrete_state_input=False),
+})
+# Data transforms of those configs that the policy must mirror: pi0_libero trains on
+# delta actions for the 6 arm dims, the gripper absolute (openpi's extra_delta_transform).
+DELTA_ACTION_MASKS: dict[str, tuple[bool, ...]] = {"pi0_libero": (True,) * 6 + (False,)}
+
+
 def preset(name: str, **overrides) -> Pi0Config:
     if name not in PRESETS:
         raise ValueError(f"actor.model.openpi.config_name must be one of {sorted(PRESETS)}, got {name!r}")
@@ -143,7 +164,8 @@ def config_from_model_cfg(model_cfg) -> Pi0Config:
 
     Keys read: openpi.config_name (preset), openpi.pi05, openpi.add_value_head,
     openpi.value_after_vlm, openpi.detach_critic_input, openpi.noise_method,
-    openpi.noise_logvar_range, action_horizon, action_model_dim, and optional overrides
+    openpi.noise_logvar_range, openpi.action_horizon and openpi.action_dim (null: the
+    preset's), and optional overrides
     openpi.{paligemma,expert,vision} (dicts of spec fields), openpi.max_token_len,
     openpi.discrete_state_input (read with defaults until the schema has them)."""
     op = _get(model_cfg, "openpi", None)
@@ -151,14 +173,14 @@ def config_from_model_cfg(model_cfg) -> Pi0Config:
         raise ValueError("actor.model.openpi is missing: π0 needs its openpi section")
     base = preset(str(_get(op, "config_name", "pi0_tiny")))
     pi05 = bool(_get(op, "pi05", base.pi05))
-    horizon = int(_get(model_cfg, "action_horizon", base.action_horizon))
-    dim = int(_get(model_cfg, "action_model_dim", base.action_dim))
+    horizon = int(_get(op, "action_horizon", base.action_horizon))
+    dim = int(_get(op, "action_dim", base.action_dim))
     env_dim = int(_get(model_cfg, "action_dim", dim))
     chunk = int(_get(model_cfg, "num_action_chunks", horizon))
     if env_dim > dim:
-        raise ValueError(f"actor.model.action_dim {env_dim} > action_model_dim {dim}")
+        raise ValueError(f"actor.model.action_dim {env_dim} > actor.model.openpi.action_dim {dim}")
     if chunk > horizon:
-        raise ValueError(f"actor.model.num_action_chunks {chunk} > action_horizon {horizon}")
+        raise ValueError(f"actor.model.num_action_chunks {chunk} > actor.model.openpi.action_horizon {horizon}")
     rng = _get(op, "noise_logvar_range", base.noise_std_range)
     return dataclasses.replace(
         base,
@@ -166,7 +188,8 @@ def config_from_model_cfg(model_cfg) -> Pi0Config:
         expert=_replace_spec(base.expert, _plain(_get(op, "expert", None))),
         vision=_replace_spec(base.vision, _plain(_get(op, "vision", None))),
         pi05=pi05,
-        discrete_state_input=bool(_get(op, "discrete_state_input", pi05)),
+        discrete_state_input=bool(_get(op, "discrete_state_input",
+                                       base.discrete_state_input if pi05 == base.pi05 else pi05)),
         max_token_len=int(_get(op, "max_token_len", base.max_token_len)),
         action_horizon=horizon,
         action_dim=dim,

@@ -123,6 +123,7 @@ class ProcessorConfig:
     delta_action_mask: tuple | None = None  # (D_env,) bool: env actions that are deltas to the state
     action_env_dim: int = 1
     train_augment: bool = False  # openpi's training augmentation (`augment`) while training
+    num_images: int = len(CAMERA_OBS_KEYS)  # cameras fed (openpi.num_images_in_input); later slots masked
 
 
 class Pi0Processor:
@@ -142,8 +143,8 @@ class Pi0Processor:
         S = self.cfg.vision.image_size
         B = len(obs["main_images"])
         slots, masks = [], []
-        for key, slot in zip(CAMERA_OBS_KEYS, self.cfg.image_keys):
-            img = obs.get(key)
+        for i, (key, slot) in enumerate(zip(CAMERA_OBS_KEYS, self.cfg.image_keys)):
+            img = obs.get(key) if i < self.pcfg.num_images else None
             if img is None:
                 slots.append(torch.full((B, 3, S, S), -1.0))  # a black frame, masked out
                 masks.append(torch.zeros(B, dtype=torch.bool))
