@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-EXPERIMENTS = ("reach2d_learn_ppo_flow_sde", "reach2d_learn_ppo_flow_noise", "reach2d_learn_grpo_flow_sde")
+EXPERIMENTS = ("reach2d_learn_ppo_flow_sde", "reach2d_learn_ppo_flow_noise", "reach2d_learn_grpo_flow_sde",
+               "reach2d_learn_ppo_openvlaoft", "reach2d_learn_grpo_openvlaoft")
 TARGETS = {"reach2d_learn_ppo_flow_sde": 0.90, "reach2d_learn_ppo_flow_noise": 0.80, "reach2d_learn_grpo_flow_sde": 0.80}
 SECTION = "## Learning"
 # The tiny VLAs on reach2d: one denoising step as flow_mlp, the whole model trained (random
@@ -37,6 +38,8 @@ MODEL_OVERRIDES = {
                  "env.train.init_params.render=True"],
 }
 MODEL_OVERRIDES["pi05_tiny"] = ["model@actor.model=pi05_tiny"] + MODEL_OVERRIDES["pi0_tiny"][1:]
+# The OFT experiments name their model (configs/model/openvla_oft_tiny.yaml) themselves.
+MODEL_OVERRIDES["openvla_oft_tiny"] = []
 EVAL_LINE = re.compile(r"^iter (\d+) \|.*eval/success_once=([0-9.]+)")
 BEFORE_LINE = re.compile(r"eval before training: success ([0-9.]+)")
 
@@ -98,6 +101,14 @@ VLA_NOTE = (
     "success, also with a 4-layer VLM; π0: 0.44) and starts and ends lower.")
 
 
+OFT_NOTE = (
+    "The tiny OpenVLA-OFT (configs/model/openvla_oft_tiny.yaml: official variant, the state as "
+    "its proprio token, the main camera at 28 px, hashed-word prompts) from random weights is "
+    "warm-started by `pirl.sft` through its own `sft_loss` (cross-entropy of the expert's 256-bin "
+    "tokens), then trained whole; one parallel pass decodes the 4 x 2 action tokens, the actor "
+    "re-scores them per token (logprob_type token_level), eval is greedy.")
+
+
 def markdown(results: dict, iterations: int, every: int, sft_episodes: int, sft_steps: int, ds_config: str,
              command: str, model: str = "flow_mlp") -> str:
     cols = list(range(0, iterations + 1, every))
@@ -108,7 +119,7 @@ def markdown(results: dict, iterations: int, every: int, sft_episodes: int, sft_
         f"`{ds_config}`), warm start from {sft_episodes * 16} scripted-expert episodes "
         f"(`pirl.sft`, {sft_steps} flow-matching steps), eval success of 128 fixed episodes with "
         "fixed initial noise (ODE sampling) every few iterations. Iteration 0 is the warm start.", "",
-        VLA_NOTE if vla else FLOW_MLP_NOTE, "",
+        (OFT_NOTE if model == "openvla_oft_tiny" else VLA_NOTE) if vla else FLOW_MLP_NOTE, "",
         "| experiment | seed | " + " | ".join(f"it {c}" for c in cols)
         + (" | gain | run s |" if vla else " | first iteration at target | run s |"),
         "|---|---|" + "---|" * len(cols) + "---|---|",

@@ -17,6 +17,12 @@ SHORT = ["env.train.total_num_envs=8", "env.eval.total_num_envs=4", f"runner.max
          "runner.save_policy=False", "actor.global_batch_size=16", "actor.micro_batch_size=8"]
 
 
+# A run takes ~60 s at load 10. The limit catches a hang, not slowness: at load 20-40 with
+# the memory full, a run's ranks were measured still importing DeepSpeed's ops inside
+# init_distributed after 13 min (30 s of CPU), so 300 s cut healthy runs.
+RUN_TIMEOUT_S = 900
+
+
 def _processes_naming(marker: str) -> list[str]:
     out = []
     for pid in os.listdir("/proc"):
@@ -38,7 +44,8 @@ def test_ten_consecutive_runs_exit_zero_and_leave_nothing(tmp_path):
     for run in range(10):
         log_path = tmp_path / f"run{run}"
         proc = run_session([str(ROOT / "launcher" / "run.sh"), "reach2d_learn_ppo_flow_sde", *SHORT,
-                            f"runner.logger.log_path={log_path}", f"runner.seed={run}"], timeout=300, cwd=ROOT, env=env)
+                            f"runner.logger.log_path={log_path}", f"runner.seed={run}"], timeout=RUN_TIMEOUT_S,
+                           cwd=ROOT, env=env)
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, f"run {run} exited {proc.returncode}:\n{out[-3000:]}"
         assert "terminate called" not in out

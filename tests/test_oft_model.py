@@ -15,7 +15,7 @@ from pirl.models.oft.configuration import CAUSAL, OFFICIAL, preset
 from pirl.models.oft.lora import apply_oft_lora, enable_gradient_checkpointing
 from pirl.models.oft.modeling import OFTModel
 from pirl.models.oft.processor import (
-    ByteEncoder, PromptTokenizer, SentencePieceEncoder, binarize_gripper, crop_and_resize, pixel_values,
+    HashedWordEncoder, PromptTokenizer, SentencePieceEncoder, binarize_gripper, crop_and_resize, pixel_values,
     prepare_images,
 )
 from pirl.models.oft.sampling import draw, filter_logits, token_entropy, token_logprob
@@ -178,7 +178,10 @@ def test_prompt_layout_with_a_trained_llama_tokenizer(tmp_path):
     assert enc.sp.id_to_piece(int(ids[0, -1])) == "▁" and ids[1, -1] == enc.space_id
     with pytest.raises(ValueError, match="max_prompt_length 8"):
         PromptTokenizer(enc, 8)(["move to the red target"])
-    assert PromptTokenizer(ByteEncoder(512), 80)(["Go"])[0][0, -1] == ByteEncoder.SPACE
+    words = PromptTokenizer(HashedWordEncoder(512), 24)
+    ids = words(["Move to the red target"])[0][0]
+    assert ids[-1] == HashedWordEncoder.SPACE and (ids[-15:-1] >= 4).all() and (ids[-15:-1] < 512).all()
+    assert words.token_ids("a b")[1:-1] != words.token_ids("a c")[1:-1]
 
 
 # ---- the parallel pass -----------------------------------------------------------------------

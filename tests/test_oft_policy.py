@@ -19,7 +19,7 @@ SAMPLING = {"do_sample": True, "temperature_train": 1.6, "temperature_eval": 0.0
 
 
 def _cfg(model=None, sampling=None, oft=None):
-    m = {"model_type": "openvla_oft", "precision": "fp32", "action_dim": 2, "num_action_chunks": 4, "max_prompt_length": 96,
+    m = {"model_type": "openvla_oft", "precision": "fp32", "action_dim": 2, "num_action_chunks": 4, "max_prompt_length": 24,
          "value_type": "action_level", "oft": {"config_name": "oft_tiny", "normalization": "none", **(oft or {})},
          **(model or {})}
     cfg = OmegaConf.merge(OmegaConf.structured(PirlConfig),
@@ -149,7 +149,7 @@ def test_save_pretrained_round_trip_with_lora_merged(tmp_path):
     fi = pol.preprocess(_obs())
     s = pol.sample(fi, "train", torch.Generator().manual_seed(7))
     pol.save_pretrained(tmp_path / "ckpt", {"step": 3})
-    assert json.loads((tmp_path / "ckpt" / "pirl_config.json").read_text())["tokenizer"] == "byte"
+    assert json.loads((tmp_path / "ckpt" / "pirl_config.json").read_text())["tokenizer"] == "hashed_words"
     torch.manual_seed(5)  # another init: everything must come from the checkpoint
     reloaded = build_policy(_cfg(model={"model_path": str(tmp_path / "ckpt")}).actor.model, 5,
                             sampling=_cfg().rollout.sampling_params).eval()

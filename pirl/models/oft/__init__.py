@@ -23,7 +23,7 @@ from pirl.models.oft.configuration import OFTConfig, preset, replace_spec
 from pirl.models.oft.lora import OFT_TOWER_PATTERNS, apply_oft_lora, enable_gradient_checkpointing
 from pirl.models.oft.modeling import ATTN_IMPLEMENTATIONS, OFTModel
 from pirl.models.oft.policy import OFTPolicy
-from pirl.models.oft.processor import ByteEncoder, OFTProcessor, PromptTokenizer, SentencePieceEncoder
+from pirl.models.oft.processor import HashedWordEncoder, OFTProcessor, PromptTokenizer, SentencePieceEncoder
 from pirl.models.oft.sampling import SamplingParams
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -101,7 +101,7 @@ def build_oft_policy(model_cfg, sampling_cfg) -> OFTPolicy:
         check_config(path, fmt, cfg)  # before building a 7B model for nothing
     model = OFTModel(cfg, model_cfg.attn_implementation).to(DTYPES[precision_of(model_cfg)])
     statistics: dict = {}
-    encoder: SentencePieceEncoder | ByteEncoder = ByteEncoder(cfg.tokenizer_vocab)
+    encoder: SentencePieceEncoder | HashedWordEncoder = HashedWordEncoder(cfg.tokenizer_vocab)
     if path:
         # An adapter folder is folded into the weights; with is_lora a fresh adapter (B = 0)
         # then trains on top, the same function the reference's continued adapter starts from.

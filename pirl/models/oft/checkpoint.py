@@ -39,7 +39,7 @@ from pirl.models.io import read_json, tensor_mismatches
 from pirl.models.oft.action_tokenizer import DATASET_STATISTICS
 from pirl.models.oft.configuration import DINOV2, OFTConfig
 from pirl.models.oft.modeling import OFTModel
-from pirl.models.oft.processor import ByteEncoder, SentencePieceEncoder
+from pirl.models.oft.processor import HashedWordEncoder, SentencePieceEncoder
 from pirl.models.pi0.checkpoint import WEIGHTS, WEIGHTS_INDEX, CheckpointError, read_tensors
 
 HF, PIRL = "hf", "pirl"
@@ -47,7 +47,7 @@ FORMATS = (HF, PIRL)
 HF_CONFIG = "config.json"
 PIRL_CONFIG = "pirl_config.json"
 TOKENIZER = "tokenizer.model"
-BYTE_TOKENIZER = "byte"
+HASHED_WORDS = "hashed_words"
 FILM_FILE, PROPRIO_FILE = "vision_backbone", "proprio_projector"  # `<name>--<step>_checkpoint.pt`
 ADAPTER_CONFIG = Path("lora_adapter") / "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -352,22 +352,22 @@ def read_statistics_of(path: str | Path, fmt: str) -> dict:
     return stats
 
 
-def read_tokenizer(path: str | Path, fmt: str, vocab_size: int) -> SentencePieceEncoder | ByteEncoder:
-    """The checkpoint's tokenizer.model (Llama's SentencePiece model), or the byte tokenizer
+def read_tokenizer(path: str | Path, fmt: str, vocab_size: int) -> SentencePieceEncoder | HashedWordEncoder:
+    """The checkpoint's tokenizer.model (Llama's SentencePiece model), or the hashed-word tokenizer
     a pirl checkpoint of a randomly initialised model records."""
     path = Path(path)
-    if fmt == PIRL and _read_json(path / PIRL_CONFIG).get("tokenizer") == BYTE_TOKENIZER:
-        return ByteEncoder(vocab_size)
+    if fmt == PIRL and _read_json(path / PIRL_CONFIG).get("tokenizer") == HASHED_WORDS:
+        return HashedWordEncoder(vocab_size)
     if not (path / TOKENIZER).is_file():
         raise CheckpointError(f"checkpoint {path} has no {TOKENIZER} (Llama's SentencePiece model); "
                               "give actor.model.oft.tokenizer_path")
     return SentencePieceEncoder(path / TOKENIZER)
 
 
-def save_pirl(model: OFTModel, path: str | Path, statistics: dict, encoder: SentencePieceEncoder | ByteEncoder,
+def save_pirl(model: OFTModel, path: str | Path, statistics: dict, encoder: SentencePieceEncoder | HashedWordEncoder,
               tensors: dict[str, torch.Tensor] | None = None) -> None:
     """safetensors + pirl_config.json + dataset_statistics.json + tokenizer.model (or the
-    byte tokenizer's name) into `path` (a fresh folder; callers wrap it in
+    hashed-word tokenizer's name) into `path` (a fresh folder; callers wrap it in
     pirl.models.io.atomic_dir). `tensors` overrides the model's state (LoRA merged)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -378,6 +378,6 @@ def save_pirl(model: OFTModel, path: str | Path, statistics: dict, encoder: Sent
         shutil.copyfile(encoder.path, path / TOKENIZER)
         meta["tokenizer"] = TOKENIZER
     else:
-        meta["tokenizer"] = BYTE_TOKENIZER
+        meta["tokenizer"] = HASHED_WORDS
     (path / PIRL_CONFIG).write_text(json.dumps(meta, indent=1))
     (path / DATASET_STATISTICS).write_text(json.dumps(statistics, indent=1))

@@ -16,6 +16,7 @@ Out (`OFTProcessor.to_env`): bin indices (B, C, D) -> env actions (B, C, D) fp32
 from __future__ import annotations
 
 import math
+import zlib
 from pathlib import Path
 
 import torch
@@ -53,24 +54,27 @@ class SentencePieceEncoder:
         return list(self.sp.encode(text))
 
 
-class ByteEncoder:
-    """UTF-8 bytes for randomly initialised models without a tokenizer file: 0 unk,
-    1 <s>, 2 </s>, 3 "▁", bytes at 4..259; `vocab_size` is the model's tokenizer
-    vocabulary (its last n_action_bins ids are the action ids, as always)."""
+class HashedWordEncoder:
+    """For randomly initialised models without a tokenizer file: each whitespace-separated
+    word (punctuation stays attached) becomes one id, 4 + crc32(word) mod (V − 4), with
+    0 unk, 1 <s>, 2 </s>, 3 "▁" reserved. A prompt is ~15 ids (bytes would be ~70), which
+    keeps the tiny models' sequences short; distinct words may share an id (a random model
+    has no vocabulary to respect). `vocab_size` is the model's tokenizer vocabulary."""
 
     OFFSET, SPACE = 4, 3
 
     def __init__(self, vocab_size: int):
-        if vocab_size < 256 + self.OFFSET:
-            raise ValueError(f"the byte tokenizer needs a vocabulary of >= {256 + self.OFFSET} ids, got {vocab_size}")
+        if vocab_size <= 2 * self.OFFSET:
+            raise ValueError(f"the hashed-word tokenizer needs a vocabulary of > {2 * self.OFFSET} ids, got {vocab_size}")
         self.vocab_size, self.space_id = vocab_size, self.SPACE
 
     def encode(self, text: str) -> list[int]:
-        return [b + self.OFFSET for b in text.encode("utf-8")]
+        buckets = self.vocab_size - self.OFFSET
+        return [self.OFFSET + zlib.crc32(w.encode("utf-8")) % buckets for w in text.split()]
 
 
 class PromptTokenizer:
-    def __init__(self, encoder: SentencePieceEncoder | ByteEncoder, max_len: int):
+    def __init__(self, encoder: SentencePieceEncoder | HashedWordEncoder, max_len: int):
         self.encoder, self.max_len = encoder, max_len
         self.vocab_size = encoder.vocab_size
 
