@@ -44,8 +44,8 @@ def worker(config: str, threshold: int | None, out: Path) -> None:
     ds_path.write_text(json.dumps(ds))
     cfg = OmegaConf.merge(OmegaConf.structured(PirlConfig), {"actor": {
         "ds_config": str(ds_path), "micro_batch_size": 1, "global_batch_size": info.world_size,
-        "model": {"model_type": "openpi", "action_dim": 7, "num_action_chunks": 4, "action_horizon": 4,
-                  "action_model_dim": 32, "openpi": {"config_name": config, "train_expert_only": False}}}})
+        "model": {"model_type": "openpi", "action_dim": 7, "num_action_chunks": 4,
+                  "openpi": {"config_name": config, "action_horizon": 4, "action_dim": 32, "train_expert_only": False}}}})
     torch.manual_seed(0)
     policy = build_policy(cfg.actor.model, state_dim=8)
     model_bytes = sum(p.numel() * p.element_size() for p in policy.parameters())
