@@ -49,6 +49,7 @@ def worker(config: str, threshold: int | None, out: Path) -> None:
     torch.manual_seed(0)
     policy = build_policy(cfg.actor.model, state_dim=8)
     model_bytes = sum(p.numel() * p.element_size() for p in policy.parameters())
+    n_params = sum(p.numel() for p in policy.parameters())  # before ZeRO-3 empties the module's tensors
     actor = ActorEngine(policy, cfg.actor, info.world_size, total_steps=1)
     states = ActorOffload(actor.engine).state_tensors()
     # lp_params: the rank's partitions; ds_persist marks the small parameters kept whole on every rank
@@ -60,7 +61,7 @@ def worker(config: str, threshold: int | None, out: Path) -> None:
     dist.all_gather(parts, mine)
     if info.rank == 0:
         print("RESULT " + json.dumps({"model_bytes": model_bytes, "ranks": [p.tolist() for p in parts],
-                                      "params": sum(p.numel() for p in policy.parameters())}), flush=True)
+                                      "params": n_params}), flush=True)
 
 
 def run(config: str, n: int, threshold: int | None) -> dict:
