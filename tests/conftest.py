@@ -1,6 +1,26 @@
 """Shared test fixtures."""
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+SHM = Path("/dev/shm")
+
+
+def _ds_shm_buffers() -> set[Path]:
+    return set(SHM.glob("deepspeed_allreduce_buffer_*")) if SHM.is_dir() else set()
+
+
+@pytest.fixture(autouse=True)
+def _unlink_deepspeed_shm_buffers():
+    """DeepSpeed's CPU shm all-reduce leaves one /dev/shm buffer per rank and run (~67 MB
+    each) when its ranks exit or are killed; over a `make test` they fill the RAM that
+    /dev/shm lives in and the kernel's OOM killer ends the run. Unlink those this test's
+    processes created (they have exited by the test's end)."""
+    before = _ds_shm_buffers()
+    yield
+    for path in _ds_shm_buffers() - before:
+        path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
