@@ -306,8 +306,9 @@ class Driver:
             self.sync_weights()  # version 0: everything, once
         results: dict[str, float] = {}
         if rc.only_eval:
-            success = self.evaluate().get("eval/success_once")
+            metrics = self.evaluate()  # gathered on rank 0 only
             if self.dist.rank == 0:
+                success = metrics["eval/success_once"]
                 results["success"] = success
                 self.logger.log({"eval/success_once": success}, self.iteration)
                 self.logger.info(f"eval only: success {success:.3f}")
