@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from _proc import run_session
 
+from pirl.engine.dist import free_port
+
 pytestmark = pytest.mark.dist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,17 +40,19 @@ def _processes_naming(marker: str) -> list[str]:
     return out
 
 
-def _shm_buffers() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")}
+def _shm_buffers(port: int) -> list[str]:
+    """The run's DeepSpeed all-reduce buffers (named ..._<MASTER_PORT>_<rank>; other jobs on
+    the machine have their own ports)."""
+    return sorted(p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
 
 def test_ten_consecutive_runs_exit_zero_and_leave_nothing(tmp_path):
-    buffers_before = _shm_buffers()
     hosts = tmp_path / "hosts"
     hosts.write_text("localhost slots=2\n")
     env = dict(os.environ, PIRL_HOSTFILE=str(hosts))
     for run in range(10):
         log_path = tmp_path / f"run{run}"
+        env["MASTER_PORT"] = str(port := free_port())
         proc = run_session([str(ROOT / "launcher" / "run.sh"), "reach2d_learn_ppo_flow_sde", *SHORT,
                             f"runner.logger.log_path={log_path}", f"runner.seed={run}"], timeout=RUN_TIMEOUT_S,
                            cwd=ROOT, env=env)
@@ -59,4 +63,4 @@ def test_ten_consecutive_runs_exit_zero_and_leave_nothing(tmp_path):
         lines = re.findall(r"^iter (\d+) \|", proc.stdout, re.M)
         assert lines == [str(i) for i in range(1, ITERATIONS + 1)], proc.stdout[-2000:]
         assert not _processes_naming(str(log_path)), _processes_naming(str(log_path))
-        assert _shm_buffers() <= buffers_before, f"run {run} left {sorted(_shm_buffers() - buffers_before)}"
+        assert not _shm_buffers(port), f"run {run} left {_shm_buffers(port)}"
