@@ -22,7 +22,8 @@ EVAL = re.compile(r"^iter (\d+) \|.*eval/success_once=([0-9.]+)", re.M)
 ITERATIONS, EVERY = 15, 5
 # Mean of the evals at 10 and 15 minus the warm start. Bench seed 0 (docs/benchmarks.md,
 # "Learning: openvla_oft_tiny", which this test repeats exactly): PPO +0.21, GRPO +0.14;
-# 128 eval episodes put ~0.05 of noise on such a difference.
+# 128 eval episodes put ~0.05 of noise on such a difference. Seeds 1 and 2: PPO +0.14 /
+# +0.08, GRPO +0.04 / -0.03, so GRPO's bound holds for seed 0 only.
 MIN_GAIN = 0.1
 
 
