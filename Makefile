@@ -73,7 +73,7 @@ train: $(VENV)/.core-installed $(SIM_DEP)
 FAST := not sim and not dist and not e2e and not cluster and not parity
 
 test: install sim cluster
-	$(PY) -m pytest -q --instafail -m "not parity" tests $(ARGS)
+	$(PY) -m pytest -q --instafail --durations=25 -m "not parity" tests $(ARGS)
 
 # The fast tier (pytest.ini markers): no simulators, no multi-process or daemon tiers.
 test-fast: install

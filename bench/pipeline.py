@@ -31,7 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "metaworld_reach_ppo_flow_mlp"
-POLICIES = {"flow_mlp": [], "pi0_tiny": ["model@actor.model=pi0_tiny", "actor.model.action_model_dim=40"]}
+# π0 pads MetaWorld's 39-D state and 4-D actions to its width of 40
+POLICIES = {"flow_mlp": [],
+            "pi0_tiny": ["model@actor.model=pi0_tiny", "actor.model.openpi.action_dim=40", "actor.model.action_dim=4"]}
 LAYOUTS = {"colocated": (1, "{'env,rollout,actor': all}"), "hybrid": (2, "{env: 0, rollout: 1, actor: 0-1}")}
 CHUNK, CHUNK_STEPS = 4, 10
 
@@ -56,15 +58,15 @@ def worker(args) -> None:
     from pirl.engine.threads import apply_threads
 
     apply_threads(1)
-    cfg = load_config(CONFIG, None, [*json.loads(args.worker), f"runner.logger.log_path={args.log}"],
+    cfg = load_config(CONFIG, None, [*json.loads(args.worker), f"runner.logger.log_path={args.run_log}"],
                       int(os.environ.get("WORLD_SIZE", "1")))
     d = Driver(cfg, init_distributed())
     d.sync_weights()
     times, inference = [], []
     for i in range(args.repeats + 1):
         _, m = d.collect()
-        m = d.gather(m)  # the rollout rank's inference time to rank 0
-        if i:  # the first builds render contexts and warms the caches
+        m = d.gather(m)  # the rollout rank's inference time to rank 0 (the others get {})
+        if i and d.dist.rank == 0:  # the first builds render contexts and warms the caches
             times.append(m["time/rollout"])
             inference.append(m.get("time/rollout_inference", float("nan")))
         d.iteration += 1
@@ -108,7 +110,7 @@ def launch(args, policy: str, layout: str, stages: int) -> dict:
     with tempfile.TemporaryDirectory() as log:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
                str(29400 + (os.getpid() % 500)), str(Path(__file__).resolve()), "--repeats", str(args.repeats),
-               "--log", log, "--worker", json.dumps(overrides(args, policy, ranks, placement, stages))]
+               "--run-log", log, "--worker", json.dumps(overrides(args, policy, ranks, placement, stages))]
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -123,7 +125,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed collect phases per case (median)")
     p.add_argument("--cases", nargs="+", default=["pipeline", "fraction"], choices=["pipeline", "fraction"])
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--log", help=argparse.SUPPRESS)
+    p.add_argument("--run-log", help=argparse.SUPPRESS)  # not --log: torchrun would take it for its --log-dir
     args = p.parse_args()
     if args.worker:
         worker(args)

@@ -55,3 +55,4 @@ def test_offload_cycle_leaves_training_bit_identical(tmp_path, stage):
         first = r["bytes"][0]
         assert all(first[k]["moved"] == first[k]["count"] for k in first), first
         assert first["hp_params"]["bytes"] > 0 and first["optim_states"]["bytes"] > 0
+        assert first["frozen_params"]["count"] == 4  # the frozen encoder's 2 weights and 2 biases

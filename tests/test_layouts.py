@@ -1,6 +1,7 @@
 """Every layout learns (tier 5): flow_mlp on reach2d with the reach2d_learn_ppo_flow_sde
 recipe, from the same few-shot warm start, through the launcher, to >= 0.90 eval success
-within the colocated run's budget of 50 iterations.
+within 35 iterations (bench/learning.py's three colocated seeds reach it by
+iteration 20-25: docs/benchmarks.md, "Learning").
 
     colocated          env,rollout,actor: all            2 ranks
     hybrid             env: 0, rollout: 1, actor: 0-2    3 ranks (actor on all, env / rollout apart)
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.dist]
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "reach2d_learn_ppo_flow_sde"
-ITERATIONS, TARGET, WARM_START_MAX = 50, 0.90, 0.65
+ITERATIONS, TARGET, WARM_START_MAX = 35, 0.90, 0.65
 LAYOUTS = {
     "colocated": (2, "{'env,rollout,actor': all}", []),
     "hybrid": (3, "{env: 0, rollout: 1, actor: 0-2}",

@@ -28,11 +28,12 @@ from pirl.demos.experts import collect_demos, expert_chunk
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "launcher" / "run.sh"
 
-# experiment -> (iterations, success it must reach). Flow-SDE PPO (>= 0.90 in 50) runs in
-# tests/test_layouts.py, on every layout.
+# experiment -> (iterations, success it must reach): bench/learning.py's three seeds reach
+# the target by iteration 15-20 (flow-noise PPO) and 20-30 (GRPO), docs/benchmarks.md.
+# Flow-SDE PPO (>= 0.90 in 35) runs in tests/test_layouts.py, on every layout.
 BUDGETS = {
-    "reach2d_learn_ppo_flow_noise": (50, 0.80),
-    "reach2d_learn_grpo_flow_sde": (50, 0.80),
+    "reach2d_learn_ppo_flow_noise": (30, 0.80),
+    "reach2d_learn_grpo_flow_sde": (35, 0.80),
 }
 SFT_EPISODES_PER_ENV = 2  # x 16 envs = 32 demonstrated episodes
 WARM_START_MAX = 0.65  # the warm start must leave RL real work to do

@@ -6,7 +6,8 @@ OUT/rank{r}.json; tests/test_engine.py asserts on them.
              when the actor's weights move without a sync they differ; a frozen tower is
              sent at version 0 only
     offload  2 actor ranks: training with an offload / reload cycle before every optimizer
-             step is bit-identical to training without one (ZeRO-3 and ZeRO-2)
+             step is bit-identical to training without one (ZeRO-3 and ZeRO-2), with a
+             frozen state encoder (what π0's train_expert_only does to its VLM)
 """
 from __future__ import annotations
 
@@ -110,7 +111,11 @@ def check_offload(out: Path, stage: int) -> dict:
         cfg.actor.model.hidden_dim = 32
         cfg.actor.model.action_dim, cfg.actor.model.num_action_chunks = 2, 4  # D, H below
         torch.manual_seed(0)
-        actor = ActorEngine(build_policy(cfg.actor.model, state_dim=11), cfg.actor, info.world_size, total_steps=5)
+        policy = build_policy(cfg.actor.model, state_dim=11)
+        for name, p in policy.named_parameters():
+            if name.startswith("encoder."):
+                p.requires_grad_(False)
+        actor = ActorEngine(policy, cfg.actor, info.world_size, total_steps=5)
         off = ActorOffload(actor.engine)
         g = torch.Generator().manual_seed(1)
         K, H, D = 4, 4, 2
