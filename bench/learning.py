@@ -8,9 +8,9 @@ supervised warm start (pirl.sft) through the real launcher (2 ranks, ZeRO-3).
     python bench/learning.py --model pi05_tiny ...    # tiny π0.5 instead of flow_mlp
                                                       # (section "## Learning: pi05_tiny")
 
-Eval is deterministic (fixed episodes and initial noise, ODE sampling), so a curve moves
-only when the weights do. The seed changes the demos, the RL rollouts and the runner seed;
-the eval episodes stay the same.
+Eval is deterministic (fixed episodes and initial noise, ODE sampling; OFT: tokens drawn
+from a fixed eval generator), so a curve moves only when the weights do. The seed changes
+the demos, the RL rollouts and the runner seed; the eval episodes stay the same.
 """
 from __future__ import annotations
 
@@ -101,12 +101,20 @@ VLA_NOTE = (
     "success, also with a 4-layer VLM; π0: 0.44) and starts and ends lower.")
 
 
+# What the header sentence says of the OFT runs (the flow models: flow matching, ODE eval).
+SFT_LOSS = {"openvla_oft_tiny": "cross-entropy"}
+EVAL_DRAWS = {"openvla_oft_tiny": "tokens drawn at temperature_eval from the runner's fixed eval generator"}
 OFT_NOTE = (
     "The tiny OpenVLA-OFT (configs/model/openvla_oft_tiny.yaml: official variant, the state as "
     "its proprio token, the main camera at 28 px, hashed-word prompts) from random weights is "
     "warm-started by `pirl.sft` through its own `sft_loss` (cross-entropy of the expert's 256-bin "
     "tokens), then trained whole; one parallel pass decodes the 4 x 2 action tokens, the actor "
-    "re-scores them per token (logprob_type token_level), eval is greedy.")
+    "re-scores them per token (logprob_type token_level), eval draws the tokens at temperature 1. "
+    "What makes it learn (configs/reach2d_learn_{ppo,grpo}_openvlaoft.yaml): 512 envs and one "
+    "pass over their 2048 fresh samples per iteration (8 optimizer steps of 256) instead of 128 "
+    "envs and 4 (PPO) / 2 (GRPO) passes, for the same update compute (the update, not the "
+    "rollout, costs the time on this tiny model); an lr warmup over the first 1 (PPO) / 4 (GRPO) "
+    "iterations, as Adam's first steps move every weight by ~lr; lr 5e-4 (PPO) / 3e-4 (GRPO).")
 
 
 def markdown(results: dict, iterations: int, every: int, sft_episodes: int, sft_steps: int, ds_config: str,
@@ -117,8 +125,9 @@ def markdown(results: dict, iterations: int, every: int, sft_episodes: int, sft_
         SECTION if not vla else f"{SECTION}: {model}", "",
         f"`{command}` on the 2-core CPU machine: `launcher/run.sh` (DeepSpeed launcher, 2 ranks, "
         f"`{ds_config}`), warm start from {sft_episodes * 16} scripted-expert episodes "
-        f"(`pirl.sft`, {sft_steps} flow-matching steps), eval success of 128 fixed episodes with "
-        "fixed initial noise (ODE sampling) every few iterations. Iteration 0 is the warm start.", "",
+        f"(`pirl.sft`, {sft_steps} {SFT_LOSS.get(model, 'flow-matching')} steps), eval success of 128 fixed "
+        f"episodes with {EVAL_DRAWS.get(model, 'fixed initial noise (ODE sampling)')} every few iterations. "
+        "Iteration 0 is the warm start.", "",
         (OFT_NOTE if model == "openvla_oft_tiny" else VLA_NOTE) if vla else FLOW_MLP_NOTE, "",
         "| experiment | seed | " + " | ".join(f"it {c}" for c in cols)
         + (" | gain | run s |" if vla else " | first iteration at target | run s |"),
