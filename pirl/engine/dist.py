@@ -88,13 +88,13 @@ def shutdown() -> None:
     shm_buffer_path().unlink(missing_ok=True)
 
 
-def shm_buffer_path(env: dict[str, str] | None = None) -> Path:
+def shm_buffer_path() -> Path:
     """The /dev/shm all-reduce buffer DeepSpeed's CPU comm op creates for this rank when
     all ranks share a host (deepspeed/ops/csrc/cpu/comm/shm.cpp names it
     deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>). DeepSpeed never
     unlinks it: ~67 MB of RAM a rank and run stay taken until reboot. Every other rank has
     it mapped by the time shutdown's barrier passes, so unlinking then is safe."""
-    env = dict(os.environ) if env is None else env
+    env = os.environ
     name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_"
             f"{env.get('MASTER_PORT', '')}_{env.get('RANK', '0')}")
     return Path("/dev/shm") / name

@@ -63,6 +63,10 @@ class ActorOffload:
         self.device = next(iter(engine.module.parameters())).device
         self.offloaded = False
         self._host: dict[tuple, torch.Tensor] = {}
+        # The parameters no optimizer group holds (requires_grad False), fixed once the engine exists.
+        groups = self.opt.fp16_groups if self.stage == 3 else self.opt.bit16_groups
+        trainable = {id(p) for g in groups for p in g}
+        self._frozen_params = [p for p in engine.module.parameters() if id(p) not in trainable]
 
     # ---- what the states are -----------------------------------------------------------------
     def _adam_states(self) -> list[tuple[dict, str]]:
@@ -70,13 +74,9 @@ class ActorOffload:
                 if key in state]
 
     def _frozen(self) -> list[torch.Tensor]:
-        """This rank's storage of the parameters no optimizer group holds (requires_grad
-        False): under ZeRO-3 their partitions (ds_tensor), else the parameters themselves."""
-        o = self.opt
-        groups = o.fp16_groups if self.stage == 3 else o.bit16_groups
-        trainable = {id(p) for g in groups for p in g}
-        frozen = [p for p in self.engine.module.parameters() if id(p) not in trainable]
-        return [p.ds_tensor for p in frozen] if self.stage == 3 else frozen
+        """This rank's storage of the frozen parameters: under ZeRO-3 their partitions
+        (ds_tensor), else the parameters themselves."""
+        return [p.ds_tensor for p in self._frozen_params] if self.stage == 3 else self._frozen_params
 
     def state_tensors(self) -> dict[str, list[torch.Tensor]]:
         """The tensors of each state kind this engine holds (this rank's partitions)."""
